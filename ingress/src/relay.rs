@@ -1,0 +1,197 @@
+//! Publishes committed events that the broker has not confirmed yet.
+//!
+//! Every stored event goes through here: the request handler only commits the
+//! row and wakes the relay. A pass claims the oldest unpublished rows with
+//! `FOR UPDATE SKIP LOCKED` (so several ingress replicas never publish the same
+//! row at once), publishes them, waits for the broker's confirms and marks the
+//! confirmed ones `published` in the same transaction. Rows whose publish
+//! failed stay unpublished and are retried with exponential backoff; the relay
+//! also polls, so rows left by a replica that stopped are picked up too.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use lapin::Connection;
+use shared::{
+    amqp::{self, AmqpError, Names, OutgoingEvent, Publisher},
+    secret::Secret,
+};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// Rows claimed, published and marked in one transaction.
+pub const BATCH_SIZE: i64 = 256;
+
+/// How long the relay keeps trying to publish after shutdown was requested.
+const FINAL_PASS_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Relay {
+    pub pool: PgPool,
+    pub amqp_url: Secret<String>,
+    pub names: Names,
+    pub wakeup: Arc<Notify>,
+    pub poll_interval: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Broker(#[from] AmqpError),
+}
+
+#[derive(sqlx::FromRow)]
+struct Pending {
+    id: i64,
+    webhook_id: String,
+    event_type: String,
+    raw_body: Vec<u8>,
+    traceparent: Option<String>,
+}
+
+/// An open connection and its confirm-mode channel.
+struct Broker {
+    connection: Connection,
+    publisher: Publisher,
+}
+
+fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Relay {
+    /// Runs until `stop` is cancelled, then makes one last bounded pass.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut broker: Option<Broker> = None;
+        let mut delays = backoff();
+        while !stop.is_cancelled() {
+            match self.pass(&mut broker).await {
+                Ok(published) => {
+                    delays = backoff();
+                    if published as i64 == BATCH_SIZE {
+                        continue;
+                    }
+                    tokio::select! {
+                        () = self.wakeup.notified() => {}
+                        () = tokio::time::sleep(self.poll_interval) => {}
+                        () = stop.cancelled() => {}
+                    }
+                }
+                Err(error) => {
+                    self.metrics.relay_failure();
+                    if matches!(error, RelayError::Broker(_)) {
+                        broker = None;
+                    }
+                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(error.message = %error, retry_in = ?delay, "relay could not publish; events stay stored");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = stop.cancelled() => {}
+                    }
+                }
+            }
+        }
+        self.final_pass(&mut broker).await;
+        if let Some(broker) = broker {
+            let _ = broker.connection.close(200, "shutdown".into()).await;
+        }
+    }
+
+    /// Publishes what the last requests committed, if the broker allows it
+    /// quickly; anything left is published by the next start.
+    async fn final_pass(&self, broker: &mut Option<Broker>) {
+        let drain = async {
+            loop {
+                match self.pass(broker).await {
+                    Ok(n) if n as i64 == BATCH_SIZE => continue,
+                    Ok(_) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(FINAL_PASS_TIMEOUT, drain).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(error.message = %error, "unpublished events stay stored for the next start");
+            }
+            Err(_) => tracing::warn!("final relay pass timed out; unpublished events stay stored"),
+        }
+    }
+
+    /// One batch: claim, publish, mark. Returns how many rows were published.
+    async fn pass(&self, broker: &mut Option<Broker>) -> Result<usize, RelayError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<Pending> = sqlx::query_as(
+            "SELECT id, webhook_id, event_type, raw_body, traceparent FROM webhook_events \
+             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(BATCH_SIZE)
+        .fetch_all(&mut *tx)
+        .await?;
+        if rows.is_empty() {
+            tx.commit().await?;
+            return Ok(0);
+        }
+        let publisher = match broker {
+            Some(b) if b.publisher.is_usable() => &b.publisher,
+            _ => {
+                let connection = amqp::connect(&self.amqp_url, "clerk-ingress-relay").await?;
+                let publisher = Publisher::open(&connection, &self.names).await?;
+                tracing::info!("relay connected to RabbitMQ");
+                &broker
+                    .insert(Broker {
+                        connection,
+                        publisher,
+                    })
+                    .publisher
+            }
+        };
+        let events: Vec<OutgoingEvent<'_>> = rows
+            .iter()
+            .map(|row| OutgoingEvent {
+                webhook_id: &row.webhook_id,
+                event_type: &row.event_type,
+                body: &row.raw_body,
+                traceparent: row.traceparent.as_deref(),
+            })
+            .collect();
+        let results = publisher.publish_all(&events).await;
+        let mut confirmed = Vec::with_capacity(rows.len());
+        let mut first_error = None;
+        for (row, result) in rows.iter().zip(results) {
+            match result {
+                Ok(()) => confirmed.push(row.id),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        if !confirmed.is_empty() {
+            sqlx::query(
+                "UPDATE webhook_events SET published_at = now(), \
+                 status = CASE WHEN status = 'received' THEN 'published' ELSE status END \
+                 WHERE id = ANY($1)",
+            )
+            .bind(&confirmed)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.metrics.relay_published(confirmed.len() as u64);
+        tracing::debug!(published = confirmed.len(), "relay pass");
+        match first_error {
+            Some(error) => Err(error.into()),
+            None => Ok(confirmed.len()),
+        }
+    }
+}

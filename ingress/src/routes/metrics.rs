@@ -1,0 +1,29 @@
+//! `GET /metrics`: Prometheus text format.
+
+use std::time::Duration;
+
+use axum::{extract::State, http::header, response::IntoResponse};
+
+use crate::AppState;
+
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
+    let unpublished = tokio::time::timeout(
+        QUERY_TIMEOUT,
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM webhook_events WHERE published_at IS NULL",
+        )
+        .fetch_one(&state.pool),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(unpublished),
+    )
+}

@@ -1,0 +1,26 @@
+//! One file per route; [`router`] assembles them.
+
+pub mod debug;
+pub mod health;
+pub mod metrics;
+pub mod webhook;
+
+use axum::{
+    routing::{get, post},
+    Router,
+};
+
+use crate::AppState;
+
+/// The webhook path of `SPEC.md` section 4.
+pub const WEBHOOK_PATH: &str = "/webhooks/clerk";
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(WEBHOOK_PATH, post(webhook::receive))
+        .route("/webhooks/clerk/_debug", get(debug::describe))
+        .route("/healthz", get(health::live))
+        .route("/readyz", get(health::ready))
+        .route("/metrics", get(metrics::scrape))
+        .with_state(state)
+}

@@ -1,0 +1,262 @@
+//! `POST /webhooks/clerk`: verify, store, answer (`SPEC.md` sections 4 and 5).
+//!
+//! The answer is 200 only once the row is committed. Publishing is the relay's
+//! job: it is woken here and publishes with a broker confirm, so a broker
+//! outage never turns into an error for Clerk.
+
+use std::time::Instant;
+
+use axum::{
+    body::Body,
+    extract::State,
+    http::{header::CONTENT_LENGTH, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+use shared::{
+    event::{self, PayloadError},
+    svix::{SignedRequest, VerifyError},
+};
+
+use crate::AppState;
+
+/// How a request ended; one label value of the requests metric each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok = 0,
+    Duplicate,
+    MissingSvixHeaders,
+    InvalidTimestamp,
+    InvalidSignature,
+    InvalidPayload,
+    PayloadTooLarge,
+    Internal,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Ok,
+        Outcome::Duplicate,
+        Outcome::MissingSvixHeaders,
+        Outcome::InvalidTimestamp,
+        Outcome::InvalidSignature,
+        Outcome::InvalidPayload,
+        Outcome::PayloadTooLarge,
+        Outcome::Internal,
+    ];
+
+    /// The stable machine code: the `status` of a 200 or the `error` of a refusal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Duplicate => "duplicate",
+            Outcome::MissingSvixHeaders => "missing_svix_headers",
+            Outcome::InvalidTimestamp => "invalid_timestamp",
+            Outcome::InvalidSignature => "invalid_signature",
+            Outcome::InvalidPayload => "invalid_payload",
+            Outcome::PayloadTooLarge => "payload_too_large",
+            Outcome::Internal => "internal",
+        }
+    }
+}
+
+/// Why a delivery was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("verified body is not a Clerk event: {0}")]
+    Payload(#[from] PayloadError),
+    #[error("the database cannot store this body as JSON")]
+    Unstorable,
+    #[error("body larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("reading the request body failed")]
+    UnreadableBody,
+    #[error("storing the event failed: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl WebhookError {
+    fn outcome(&self) -> Outcome {
+        match self {
+            WebhookError::Verify(VerifyError::MissingHeaders | VerifyError::InvalidId) => {
+                Outcome::MissingSvixHeaders
+            }
+            WebhookError::Verify(
+                VerifyError::InvalidTimestamp
+                | VerifyError::TimestampTooOld
+                | VerifyError::TimestampTooNew,
+            ) => Outcome::InvalidTimestamp,
+            WebhookError::Verify(VerifyError::InvalidSignature) => Outcome::InvalidSignature,
+            WebhookError::Payload(_) | WebhookError::Unstorable | WebhookError::UnreadableBody => {
+                Outcome::InvalidPayload
+            }
+            WebhookError::TooLarge { .. } => Outcome::PayloadTooLarge,
+            WebhookError::Database(_) => Outcome::Internal,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self.outcome() {
+            Outcome::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+impl IntoResponse for WebhookError {
+    fn into_response(self) -> Response {
+        let outcome = self.outcome();
+        let body = match outcome {
+            // Nothing about the internals leaves the process.
+            Outcome::Internal => json!({ "error": outcome.as_str() }),
+            _ => json!({ "error": outcome.as_str(), "message": self.to_string() }),
+        };
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let result = accept(&state, &headers, body).await;
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(accepted) => {
+            state.metrics.request(accepted.outcome);
+            tracing::info!(
+                webhook_id = %accepted.webhook_id,
+                event_type = %accepted.event_type,
+                outcome = accepted.outcome.as_str(),
+                elapsed_ms,
+                "webhook accepted"
+            );
+            (
+                StatusCode::OK,
+                Json(json!({ "status": accepted.outcome.as_str() })),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            let outcome = error.outcome();
+            state.metrics.request(outcome);
+            if outcome == Outcome::Internal {
+                tracing::error!(
+                    outcome = outcome.as_str(),
+                    error.message = %error,
+                    elapsed_ms,
+                    "webhook not stored"
+                );
+            } else {
+                tracing::warn!(
+                    outcome = outcome.as_str(),
+                    reason = %error,
+                    elapsed_ms,
+                    "webhook refused"
+                );
+            }
+            error.into_response()
+        }
+    }
+}
+
+struct Accepted {
+    webhook_id: String,
+    event_type: String,
+    outcome: Outcome,
+}
+
+async fn accept(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Accepted, WebhookError> {
+    let body = read_body(headers, body, state.max_body_bytes).await?;
+    let request = SignedRequest {
+        id: svix_header(headers, "svix-id", "webhook-id"),
+        timestamp: svix_header(headers, "svix-timestamp", "webhook-timestamp"),
+        signature: svix_header(headers, "svix-signature", "webhook-signature"),
+        body: &body,
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let verified = state.secrets.verify(&request, now)?;
+    let event_type = event::event_type(&body)?;
+    // event_type() parsed the body as JSON, which guarantees valid UTF-8.
+    let text = std::str::from_utf8(&body).map_err(|_| PayloadError::NotAnObject)?;
+
+    let inserted = sqlx::query_scalar::<_, i64>(
+        "INSERT INTO webhook_events (webhook_id, event_type, payload, raw_body, traceparent) \
+         VALUES ($1, $2, $3::jsonb, $4, $5) \
+         ON CONFLICT (webhook_id) DO NOTHING RETURNING id",
+    )
+    .bind(&verified.id)
+    .bind(&event_type)
+    .bind(text)
+    .bind(body.as_ref())
+    .bind(shared::telemetry::new_traceparent())
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(classify_insert_error)?;
+
+    let outcome = if inserted.is_some() {
+        state.relay_wakeup.notify_one();
+        Outcome::Ok
+    } else {
+        Outcome::Duplicate
+    };
+    Ok(Accepted {
+        webhook_id: verified.id,
+        event_type,
+        outcome,
+    })
+}
+
+/// JSON that serde accepts but PostgreSQL's jsonb does not (a `\u0000` escape)
+/// is the sender's problem, not an outage.
+fn classify_insert_error(error: sqlx::Error) -> WebhookError {
+    let unstorable = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "22P05" || code == "22P02");
+    if unstorable {
+        WebhookError::Unstorable
+    } else {
+        WebhookError::Database(error)
+    }
+}
+
+/// The `svix-*` header, or its Standard Webhooks `webhook-*` twin.
+fn svix_header<'a>(headers: &'a HeaderMap, svix: &str, standard: &str) -> Option<&'a [u8]> {
+    headers
+        .get(svix)
+        .or_else(|| headers.get(standard))
+        .map(|value| value.as_bytes())
+}
+
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, WebhookError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(WebhookError::TooLarge { limit });
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(error) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(WebhookError::TooLarge { limit })
+            } else {
+                Err(WebhookError::UnreadableBody)
+            }
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! RabbitMQ: connection, topology declaration (`../SPEC.md` section 7) and a
+//! publish that waits for the broker's confirm.
+
+use std::time::Duration;
+
+use lapin::{
+    message::BasicReturnMessage,
+    options::{
+        BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+        QueueDeclareOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+};
+
+use crate::secret::{redact_url, Secret};
+
+/// Deliveries of one message before the broker dead-letters it on its own: the
+/// guard against a message that kills the worker before any error handling runs.
+/// The worker's own retry budget (`WORKER_MAX_ATTEMPTS`) is far below it.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// How long a batch of publishes may wait for the broker's confirms.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Header carrying the event type on every message.
+pub const HEADER_TYPE: &str = "type";
+/// Header carrying the W3C trace context of the request that received the event.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+
+/// The names of every exchange and queue, derived from `AMQP_PREFIX`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    /// Topic exchange events are published to, routing key = event type.
+    pub exchange: String,
+    /// Quorum queue the workers consume, bound with `#`.
+    pub worker_queue: String,
+    /// Exchange the worker queue dead-letters to.
+    pub dead_letter_exchange: String,
+    /// Quorum queue holding dead letters until an operator replays them.
+    pub dead_letter_queue: String,
+}
+
+impl Names {
+    /// The names for one prefix.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            exchange: format!("{prefix}.events"),
+            worker_queue: format!("{prefix}.events.worker"),
+            dead_letter_exchange: format!("{prefix}.events.dlx"),
+            dead_letter_queue: format!("{prefix}.events.dlq"),
+        }
+    }
+}
+
+/// Broker errors.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    /// Connecting failed.
+    #[error("RabbitMQ at {url} is unreachable: {source}")]
+    Connect {
+        /// The URL with its password hidden.
+        url: String,
+        /// The cause.
+        #[source]
+        source: lapin::Error,
+    },
+    /// A protocol operation failed.
+    #[error("RabbitMQ {operation} failed: {source}")]
+    Protocol {
+        /// What was being done.
+        operation: &'static str,
+        /// The cause.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker refused the message.
+    #[error("RabbitMQ did not accept the message (nack)")]
+    Nacked,
+    /// The message matched no queue and came back.
+    #[error("RabbitMQ returned the message as unroutable: {0}")]
+    Unroutable(String),
+    /// The confirm did not arrive in time.
+    #[error("RabbitMQ did not confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+}
+
+fn protocol(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
+    move |source| AmqpError::Protocol { operation, source }
+}
+
+/// Opens a connection named after the process, for the broker's management view.
+pub async fn connect(url: &Secret<String>, name: &str) -> Result<Connection, AmqpError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url.expose(), properties)
+        .await
+        .map_err(|source| AmqpError::Connect {
+            url: redact_url(url.expose()),
+            source,
+        })
+}
+
+/// Declares every exchange, queue and binding; idempotent.
+pub async fn declare_topology(channel: &Channel, names: &Names) -> Result<(), AmqpError> {
+    let durable_exchange = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for exchange in [&names.exchange, &names.dead_letter_exchange] {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(protocol("exchange.declare"))?;
+    }
+    let durable_queue = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+
+    let mut dlq_args = FieldTable::default();
+    dlq_args.insert("x-queue-type".into(), long_string("quorum"));
+    channel
+        .queue_declare(
+            names.dead_letter_queue.as_str().into(),
+            durable_queue,
+            dlq_args,
+        )
+        .await
+        .map_err(protocol("queue.declare"))?;
+    bind(
+        channel,
+        &names.dead_letter_queue,
+        &names.dead_letter_exchange,
+    )
+    .await?;
+
+    channel
+        .queue_declare(
+            names.worker_queue.as_str().into(),
+            durable_queue,
+            worker_queue_arguments(names),
+        )
+        .await
+        .map_err(protocol("queue.declare"))?;
+    bind(channel, &names.worker_queue, &names.exchange).await
+}
+
+/// Arguments of the worker queue. Dead-lettering is at-least-once, which
+/// RabbitMQ allows only with `reject-publish` overflow: a message leaves the
+/// queue only once the dead-letter queue has it.
+fn worker_queue_arguments(names: &Names) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        long_string(&names.dead_letter_exchange),
+    );
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
+    args.insert("x-overflow".into(), long_string("reject-publish"));
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args
+}
+
+async fn bind(channel: &Channel, queue: &str, exchange: &str) -> Result<(), AmqpError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(protocol("queue.bind"))
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+/// One stored event on its way to the broker.
+#[derive(Clone, Copy, Debug)]
+pub struct OutgoingEvent<'a> {
+    /// The svix-id: the message id.
+    pub webhook_id: &'a str,
+    /// The event type: routing key and `type` header.
+    pub event_type: &'a str,
+    /// The raw body exactly as stored.
+    pub body: &'a [u8],
+    /// W3C trace context of the request that received it.
+    pub traceparent: Option<&'a str>,
+}
+
+impl OutgoingEvent<'_> {
+    fn properties(&self) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_TYPE.into(), long_string(self.event_type));
+        if let Some(traceparent) = self.traceparent {
+            headers.insert(HEADER_TRACEPARENT.into(), long_string(traceparent));
+        }
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(ShortString::from(self.webhook_id))
+            .with_type(ShortString::from(self.event_type))
+            .with_headers(headers)
+    }
+}
+
+/// A channel in confirm mode with the topology declared.
+pub struct Publisher {
+    channel: Channel,
+    exchange: String,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel on `connection` and declares the topology.
+    pub async fn open(connection: &Connection, names: &Names) -> Result<Self, AmqpError> {
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(protocol("channel.open"))?;
+        declare_topology(&channel, names).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(protocol("confirm.select"))?;
+        Ok(Self {
+            channel,
+            exchange: names.exchange.clone(),
+        })
+    }
+
+    /// Whether the channel can still be used.
+    pub fn is_usable(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Publishes every event, then waits for all their confirms. The result for
+    /// each event is in the same position: `Ok` only if the broker confirmed it
+    /// and routed it to a queue (publishes are `mandatory`).
+    pub async fn publish_all(&self, events: &[OutgoingEvent<'_>]) -> Vec<Result<(), AmqpError>> {
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let sent = self
+                .channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    event.event_type.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    event.body,
+                    event.properties(),
+                )
+                .await
+                .map_err(protocol("basic.publish"));
+            pending.push(sent);
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+        for sent in pending {
+            let result = match sent {
+                Err(e) => Err(e),
+                Ok(confirm) => match tokio::time::timeout_at(deadline, confirm).await {
+                    Err(_) => Err(AmqpError::ConfirmTimeout(CONFIRM_TIMEOUT)),
+                    Ok(Err(e)) => Err(AmqpError::Protocol {
+                        operation: "publisher confirm",
+                        source: e,
+                    }),
+                    Ok(Ok(confirmation)) => {
+                        let acked = confirmation.is_ack();
+                        match (acked, confirmation.take_message()) {
+                            (_, Some(returned)) => Err(unroutable(&returned)),
+                            (true, None) => Ok(()),
+                            (false, None) => Err(AmqpError::Nacked),
+                        }
+                    }
+                },
+            };
+            results.push(result);
+        }
+        results
+    }
+
+    /// Publishes one event and waits for its confirm.
+    pub async fn publish(&self, event: &OutgoingEvent<'_>) -> Result<(), AmqpError> {
+        self.publish_all(std::slice::from_ref(event))
+            .await
+            .pop()
+            .unwrap_or(Err(AmqpError::Nacked))
+    }
+}
+
+fn unroutable(returned: &BasicReturnMessage) -> AmqpError {
+    AmqpError::Unroutable(format!("{} {}", returned.reply_code, returned.reply_text))
+}

@@ -1,0 +1,17 @@
+//! What `ingress` and `worker` share: typed configuration, Svix signature
+//! verification, the Clerk event envelope, the database pool with its embedded
+//! migrations, and the RabbitMQ topology with a confirmed publish.
+//!
+//! Data flows one way: request → verify → store → publish; delivery → lock →
+//! handle → mark → ack. This crate holds the pieces both directions need and no
+//! business logic.
+#![warn(missing_docs)]
+
+pub mod amqp;
+pub mod config;
+pub mod db;
+pub mod event;
+pub mod secret;
+pub mod shutdown;
+pub mod svix;
+pub mod telemetry;
