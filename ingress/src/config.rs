@@ -84,12 +84,11 @@ impl Config {
             secrets,
             max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
             relay_poll_interval: Settings::DEFAULT_RELAY_POLL_INTERVAL,
-            database_patience: Settings::DEFAULT_DATABASE_PATIENCE,
+            database_patience: self.database.patience(),
         })
     }
 }
 
 impl Settings {
     pub const DEFAULT_RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
-    pub const DEFAULT_DATABASE_PATIENCE: Duration = Duration::from_secs(15);
 }

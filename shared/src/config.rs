@@ -27,6 +27,22 @@ pub struct DatabaseConfig {
         value_parser = parse_secret
     )]
     pub database_url: Secret<String>,
+
+    /// Seconds a service waits at start for PostgreSQL to answer before it
+    /// gives up with an error.
+    #[arg(
+        long = "database-wait-secs",
+        env = "DATABASE_WAIT_SECS",
+        default_value_t = 15
+    )]
+    pub database_wait_secs: u64,
+}
+
+impl DatabaseConfig {
+    /// How long to wait for PostgreSQL at start.
+    pub fn patience(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.database_wait_secs)
+    }
 }
 
 /// Where the broker is and which names to use on it.

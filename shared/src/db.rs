@@ -71,17 +71,21 @@ pub async fn connect_and_migrate(
 /// Retries `SELECT 1` with backoff until it succeeds or `patience` runs out.
 pub async fn wait_until_reachable(pool: &PgPool, patience: Duration) -> Result<(), sqlx::Error> {
     let ping = || async { sqlx::query("SELECT 1").execute(pool).await.map(|_| ()) };
-    ping.retry(
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(2))
-            .with_total_delay(Some(patience))
-            .without_max_times(),
-    )
-    .notify(|err, after| {
-        tracing::warn!(error.message = %err, retry_in = ?after, "PostgreSQL not reachable yet");
-    })
-    .await
+    let retried = ping
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(2))
+                .with_total_delay(Some(patience))
+                .without_max_times(),
+        )
+        .notify(|err, after| {
+            tracing::warn!(error.message = %err, retry_in = ?after, "PostgreSQL not reachable yet");
+        });
+    match tokio::time::timeout(patience, retried).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    }
 }
 
 /// Whether PostgreSQL answers now; for readiness probes.

@@ -1,1 +1,60 @@
+//! Test harness for the end-to-end tests: a fresh database and a fresh broker
+//! prefix per test (both removed on drop, also when the test fails), a TCP
+//! proxy that can cut a dependency off, a real ingress on port 0, and signed
+//! Clerk-shaped deliveries.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod broker;
+pub mod db;
+pub mod deliveries;
+pub mod ingress;
+pub mod process;
+pub mod proxy;
+
+use std::{future::Future, path::PathBuf, time::Duration};
+
+/// PostgreSQL server the tests create their databases on.
+pub fn postgres_admin_url() -> String {
+    std::env::var("TEST_POSTGRES_ADMIN_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// RabbitMQ the tests use, each with its own prefix.
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| shared::config::DEFAULT_AMQP_URL.to_owned())
+}
+
+/// Polls `condition` until it returns `Some`, or panics with `what` after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A binary of this workspace, built by `cargo build --workspace --bins`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile> directory");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        path.display()
+    );
+    path
+}

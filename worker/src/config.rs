@@ -1,7 +1,5 @@
 //! The worker configuration, read from the environment (`SPEC.md` section 3).
 
-use std::time::Duration;
-
 use clap::{Parser, Subcommand};
 use shared::config::{AmqpConfig, DatabaseConfig, LogConfig};
 
@@ -31,6 +29,3 @@ pub enum Command {
     /// Consume events and apply handlers (the default).
     Run,
 }
-
-/// How long start-up waits for PostgreSQL before giving up.
-pub const DATABASE_PATIENCE: Duration = Duration::from_secs(15);

@@ -22,11 +22,12 @@ pub enum RunError {
 /// Applies migrations, declares the broker topology and runs until `shutdown`.
 pub async fn run(
     database_url: &Secret<String>,
+    database_patience: std::time::Duration,
     amqp_url: &Secret<String>,
     prefix: &str,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let pool = shared::db::connect_and_migrate(database_url, 4, config::DATABASE_PATIENCE).await?;
+    let pool = shared::db::connect_and_migrate(database_url, 4, database_patience).await?;
     let connection = amqp::connect(amqp_url, "clerk-worker").await?;
     let channel =
         connection

@@ -9,6 +9,7 @@ async fn main() {
         Command::Run => {
             worker::run(
                 &config.database.database_url,
+                config.database.patience(),
                 &config.amqp.amqp_url,
                 &config.amqp.amqp_prefix,
                 shared::shutdown::on_signal(),

@@ -1,0 +1,170 @@
+//! A broker prefix of its own for each test; its exchanges and queues are
+//! deleted when the test ends.
+
+use std::time::Duration;
+
+use lapin::{
+    message::BasicGetMessage,
+    options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions},
+    Channel, Connection,
+};
+use shared::{
+    amqp::{self, Names},
+    secret::Secret,
+};
+
+pub struct TestBroker {
+    pub prefix: String,
+    pub names: Names,
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+/// A message as the broker holds it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub body: Vec<u8>,
+    pub message_id: Option<String>,
+    pub type_header: Option<String>,
+    pub type_property: Option<String>,
+    pub traceparent: Option<String>,
+    pub delivery_mode: Option<u8>,
+    pub routing_key: String,
+}
+
+impl TestBroker {
+    /// A fresh prefix with the whole topology declared.
+    pub async fn new() -> Self {
+        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
+        let broker = Self::adopt(&prefix).await;
+        amqp::declare_topology(&broker.channel, &broker.names)
+            .await
+            .expect("declare topology");
+        broker
+    }
+
+    /// Takes charge of a prefix something else declared, to inspect it and to
+    /// remove it when the test ends.
+    pub async fn adopt(prefix: &str) -> Self {
+        let prefix = prefix.to_owned();
+        let names = Names::new(&prefix);
+        let connection = amqp::connect(&Secret::new(crate::amqp_url()), "e2e-test")
+            .await
+            .expect("connect to the test RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        Self {
+            prefix,
+            names,
+            connection,
+            channel,
+        }
+    }
+
+    /// Takes (and acks) one message from `queue`, if any.
+    pub async fn take(&self, queue: &str) -> Option<Received> {
+        let message = self
+            .channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")?;
+        message
+            .delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack");
+        Some(received(&message))
+    }
+
+    /// Takes every message of the worker queue until `expected` have arrived
+    /// (or `deadline` passes), then checks that no more come.
+    pub async fn take_worker_messages(&self, expected: usize, deadline: Duration) -> Vec<Received> {
+        let mut all = Vec::new();
+        let until = tokio::time::Instant::now() + deadline;
+        while all.len() < expected && tokio::time::Instant::now() < until {
+            match self.take(&self.names.worker_queue).await {
+                Some(m) => all.push(m),
+                None => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+        while let Some(m) = self.take(&self.names.worker_queue).await {
+            all.push(m);
+        }
+        all
+    }
+
+    /// Messages currently in the worker queue.
+    pub async fn worker_queue_depth(&self) -> u32 {
+        let queue = self
+            .channel
+            .queue_declare(
+                self.names.worker_queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("passive declare");
+        queue.message_count()
+    }
+}
+
+fn received(message: &BasicGetMessage) -> Received {
+    let properties = &message.delivery.properties;
+    let header = |name: &str| -> Option<String> {
+        let headers = properties.headers().as_ref()?;
+        match headers.inner().get(name)? {
+            lapin::types::AMQPValue::LongString(s) => {
+                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+            }
+            other => Some(format!("{other:?}")),
+        }
+    };
+    Received {
+        body: message.delivery.data.clone(),
+        message_id: properties.message_id().as_ref().map(ToString::to_string),
+        type_header: header("type"),
+        type_property: properties.kind().as_ref().map(ToString::to_string),
+        traceparent: header("traceparent"),
+        delivery_mode: *properties.delivery_mode(),
+        routing_key: message.delivery.routing_key.to_string(),
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        let names = self.names.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                let Ok(connection) =
+                    amqp::connect(&Secret::new(crate::amqp_url()), "e2e-cleanup").await
+                else {
+                    return;
+                };
+                if let Ok(channel) = connection.create_channel().await {
+                    for queue in [&names.worker_queue, &names.dead_letter_queue] {
+                        let _ = channel
+                            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                    for exchange in [&names.exchange, &names.dead_letter_exchange] {
+                        let _ = channel
+                            .exchange_delete(
+                                exchange.as_str().into(),
+                                ExchangeDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                }
+                let _ = connection.close(200, "cleanup".into()).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}

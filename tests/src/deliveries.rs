@@ -1,0 +1,94 @@
+//! Signed, Clerk-shaped deliveries.
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use rand::RngCore as _;
+use shared::svix::{sign, SigningKey};
+
+/// A fresh random `whsec_…` secret.
+pub fn new_secret() -> String {
+    let mut key = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut key);
+    format!("whsec_{}", STANDARD.encode(key))
+}
+
+/// A fresh svix-like message id.
+pub fn new_id() -> String {
+    format!("msg_{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// One delivery: headers and body.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub id: String,
+    pub timestamp: String,
+    pub signature: String,
+    pub body: Vec<u8>,
+}
+
+impl Delivery {
+    /// A delivery of `body` signed now with `secret`.
+    pub fn signed(secret: &str, body: Vec<u8>) -> Self {
+        Self::signed_at(secret, &new_id(), now(), body)
+    }
+
+    pub fn signed_at(secret: &str, id: &str, timestamp: i64, body: Vec<u8>) -> Self {
+        let key = SigningKey::parse(secret).expect("test secret parses");
+        Self {
+            id: id.to_owned(),
+            timestamp: timestamp.to_string(),
+            signature: sign(&key, id, timestamp, &body),
+            body,
+        }
+    }
+}
+
+/// A `user.created` event of about 1.4 KB, like Clerk sends.
+pub fn user_created(user_id: &str) -> Vec<u8> {
+    let email_id = format!("idn_{}", &uuid::Uuid::new_v4().simple().to_string()[..24]);
+    serde_json::to_vec(&serde_json::json!({
+        "data": {
+            "birthday": "",
+            "created_at": 1_716_883_200_000_i64,
+            "email_addresses": [{
+                "email_address": format!("{user_id}@example.org"),
+                "id": email_id,
+                "linked_to": [],
+                "object": "email_address",
+                "reserved": false,
+                "verification": {"attempts": null, "expire_at": null, "status": "verified", "strategy": "email_code"}
+            }],
+            "external_accounts": [],
+            "external_id": null,
+            "first_name": "Ada",
+            "gender": "",
+            "id": user_id,
+            "image_url": "https://img.example.org/eyJ0eXBlIjoicHJveHkiLCJzcmMiOiJodHRwczovL2ltYWdlcy5leGFtcGxlLm9yZy9hdmF0YXIucG5nIn0",
+            "last_name": "Lovelace",
+            "last_sign_in_at": null,
+            "object": "user",
+            "password_enabled": true,
+            "phone_numbers": [],
+            "primary_email_address_id": email_id,
+            "primary_phone_number_id": null,
+            "primary_web3_wallet_id": null,
+            "private_metadata": {},
+            "profile_image_url": "https://www.example.org/avatar.png",
+            "public_metadata": {},
+            "two_factor_enabled": false,
+            "unsafe_metadata": {},
+            "updated_at": 1_716_883_200_000_i64,
+            "username": null,
+            "web3_wallets": []
+        },
+        "event_attributes": {"http_request": {"client_ip": "203.0.113.7", "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"}},
+        "instance_id": "ins_2exampleinstance",
+        "object": "event",
+        "timestamp": 1_716_883_200_000_i64,
+        "type": "user.created"
+    }))
+    .expect("serialize")
+}
