@@ -27,6 +27,12 @@ pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_TYPE: &str = "type";
 /// Header carrying the W3C trace context of the request that received the event.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
+/// Header of a dead letter: how many attempts were made.
+pub const HEADER_ATTEMPTS: &str = "x-attempts";
+/// Header of a dead letter: the last error.
+pub const HEADER_LAST_ERROR: &str = "x-last-error";
+/// Header of a dead letter: when it was dead-lettered (RFC 3339).
+pub const HEADER_DEAD_LETTERED_AT: &str = "x-dead-lettered-at";
 
 /// The names of every exchange and queue, derived from `AMQP_PREFIX`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,9 +208,23 @@ pub struct OutgoingEvent<'a> {
     pub traceparent: Option<&'a str>,
 }
 
+/// An event that failed for good, on its way to the dead-letter queue.
+#[derive(Clone, Copy, Debug)]
+pub struct DeadLetter<'a> {
+    /// The event as it was published.
+    pub event: OutgoingEvent<'a>,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Why the last attempt failed.
+    pub last_error: &'a str,
+}
+
 impl OutgoingEvent<'_> {
     fn properties(&self) -> BasicProperties {
-        let mut headers = FieldTable::default();
+        self.properties_with(FieldTable::default())
+    }
+
+    fn properties_with(&self, mut headers: FieldTable) -> BasicProperties {
         headers.insert(HEADER_TYPE.into(), long_string(self.event_type));
         if let Some(traceparent) = self.traceparent {
             headers.insert(HEADER_TRACEPARENT.into(), long_string(traceparent));
@@ -221,7 +241,7 @@ impl OutgoingEvent<'_> {
 /// A channel in confirm mode with the topology declared.
 pub struct Publisher {
     channel: Channel,
-    exchange: String,
+    names: Names,
 }
 
 impl Publisher {
@@ -238,7 +258,7 @@ impl Publisher {
             .map_err(protocol("confirm.select"))?;
         Ok(Self {
             channel,
-            exchange: names.exchange.clone(),
+            names: names.clone(),
         })
     }
 
@@ -253,22 +273,69 @@ impl Publisher {
     pub async fn publish_all(&self, events: &[OutgoingEvent<'_>]) -> Vec<Result<(), AmqpError>> {
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
-            let sent = self
-                .channel
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    event.event_type.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
+            pending.push(
+                self.send(
+                    &self.names.exchange,
+                    event.event_type,
                     event.body,
                     event.properties(),
                 )
-                .await
-                .map_err(protocol("basic.publish"));
-            pending.push(sent);
+                .await,
+            );
         }
+        Self::confirmations(pending).await
+    }
+
+    /// Publishes a dead letter to the dead-letter exchange, carrying its
+    /// attempts and last error as headers, and waits for the confirm.
+    pub async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), AmqpError> {
+        let mut headers = FieldTable::default();
+        headers.insert(HEADER_ATTEMPTS.into(), AMQPValue::LongInt(letter.attempts));
+        let error: String = letter.last_error.chars().take(2000).collect();
+        headers.insert(HEADER_LAST_ERROR.into(), long_string(&error));
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        headers.insert(HEADER_DEAD_LETTERED_AT.into(), long_string(&now));
+        let sent = self
+            .send(
+                &self.names.dead_letter_exchange,
+                letter.event.event_type,
+                letter.event.body,
+                letter.event.properties_with(headers),
+            )
+            .await;
+        Self::confirmations(vec![sent])
+            .await
+            .pop()
+            .unwrap_or(Err(AmqpError::Nacked))
+    }
+
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<lapin::PublisherConfirm, AmqpError> {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(protocol("basic.publish"))
+    }
+
+    async fn confirmations(
+        pending: Vec<Result<lapin::PublisherConfirm, AmqpError>>,
+    ) -> Vec<Result<(), AmqpError>> {
         let mut results = Vec::with_capacity(pending.len());
         let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
         for sent in pending {

@@ -6,6 +6,7 @@
 //! handle → mark → ack. This crate holds the pieces both directions need and no
 //! business logic.
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod amqp;
 pub mod config;

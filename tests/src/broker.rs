@@ -30,6 +30,17 @@ pub struct Received {
     pub traceparent: Option<String>,
     pub delivery_mode: Option<u8>,
     pub routing_key: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Received {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
 }
 
 impl TestBroker {
@@ -113,14 +124,29 @@ impl TestBroker {
 
 fn received(message: &BasicGetMessage) -> Received {
     let properties = &message.delivery.properties;
-    let header = |name: &str| -> Option<String> {
-        let headers = properties.headers().as_ref()?;
-        match headers.inner().get(name)? {
-            lapin::types::AMQPValue::LongString(s) => {
-                Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
-            }
-            other => Some(format!("{other:?}")),
+    let text = |value: &lapin::types::AMQPValue| match value {
+        lapin::types::AMQPValue::LongString(s) => {
+            String::from_utf8_lossy(s.as_bytes()).into_owned()
         }
+        lapin::types::AMQPValue::LongInt(i) => i.to_string(),
+        lapin::types::AMQPValue::LongLongInt(i) => i.to_string(),
+        other => format!("{other:?}"),
+    };
+    let headers: Vec<(String, String)> = properties
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), text(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
     };
     Received {
         body: message.delivery.data.clone(),
@@ -130,6 +156,7 @@ fn received(message: &BasicGetMessage) -> Received {
         traceparent: header("traceparent"),
         delivery_mode: *properties.delivery_mode(),
         routing_key: message.delivery.routing_key.to_string(),
+        headers: headers.clone(),
     }
 }
 

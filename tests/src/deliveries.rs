@@ -92,3 +92,43 @@ pub fn user_created(user_id: &str) -> Vec<u8> {
     }))
     .expect("serialize")
 }
+
+/// A `user.created` or `user.updated` event with the given primary email and
+/// Clerk `updated_at` (ms).
+pub fn user_event(event_type: &str, user_id: &str, email: &str, updated_at: i64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "data": {
+            "id": user_id,
+            "object": "user",
+            "email_addresses": [
+                {"id": "idn_other", "email_address": format!("other+{user_id}@example.org"), "object": "email_address"},
+                {"id": "idn_primary", "email_address": email, "object": "email_address"}
+            ],
+            "primary_email_address_id": "idn_primary",
+            "first_name": "Grace",
+            "last_name": null,
+            "private_metadata": null,
+            "public_metadata": {},
+            "unsafe_metadata": {},
+            "created_at": 1_716_883_200_000_i64,
+            "updated_at": updated_at
+        },
+        "object": "event",
+        "type": event_type,
+        "timestamp": updated_at,
+        "instance_id": "ins_2exampleinstance"
+    }))
+    .expect("serialize")
+}
+
+/// A `user.deleted` event: Clerk sends only a deleted-object marker.
+pub fn user_deleted(user_id: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "data": {"deleted": true, "id": user_id, "object": "user"},
+        "object": "event",
+        "type": "user.deleted",
+        "timestamp": 1_716_883_200_000_i64,
+        "instance_id": "ins_2exampleinstance"
+    }))
+    .expect("serialize")
+}

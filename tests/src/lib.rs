@@ -10,6 +10,7 @@ pub mod deliveries;
 pub mod ingress;
 pub mod process;
 pub mod proxy;
+pub mod worker;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 

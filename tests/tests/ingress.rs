@@ -556,3 +556,39 @@ async fn debug_health_and_metrics_routes_answer() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_values_with_bytes_outside_ascii_answer_400_without_panicking() {
+    let w = world().await;
+    let delivery = Delivery::signed(&w.ingress.secret, user_created("user_bytes"));
+    let odd = |bytes: &[u8]| reqwest::header::HeaderValue::from_bytes(bytes).unwrap();
+    let cases = [
+        ("svix-id", odd(b"msg_\xff\xfe"), "missing_svix_headers"),
+        ("svix-timestamp", odd(b"17\xe9"), "invalid_timestamp"),
+        ("svix-signature", odd(b"v1,\xff\xff"), "invalid_signature"),
+    ];
+
+    for (name, value, expected) in cases {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("svix-id", delivery.id.parse().unwrap());
+        headers.insert("svix-timestamp", delivery.timestamp.parse().unwrap());
+        headers.insert("svix-signature", delivery.signature.parse().unwrap());
+        headers.insert(name, value);
+        let response = w
+            .ingress
+            .http
+            .post(w.ingress.url("/webhooks/clerk"))
+            .headers(headers)
+            .body(delivery.body.clone())
+            .send()
+            .await
+            .unwrap();
+
+        let (status, body) = json_response(response).await;
+
+        assert_eq!(status, StatusCode::BAD_REQUEST, "odd {name}");
+        assert_eq!(body["error"], expected, "odd {name}");
+    }
+    assert_eq!(w.ingress.get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(stored_rows(&w.db).await, 0);
+}

@@ -1,47 +1,315 @@
-//! The worker: consumes the events the ingress stored and published, and runs
-//! the operators' commands. For now `run` prepares what consumption needs (the
-//! schema and the broker topology) and waits for a shutdown signal.
+//! The worker: consumes the events the ingress stored and published, applies
+//! idempotent handlers, and serves health and metrics. Any number of workers
+//! may consume the same queue.
 
 pub mod config;
+pub mod consumer;
+pub mod handlers;
+pub mod metrics;
+pub mod ops;
 
-use shared::{
-    amqp::{self, Names},
-    secret::Secret,
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
+
+use futures_util::StreamExt as _;
+use lapin::{
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::FieldTable,
+    Connection,
+};
+use shared::amqp::{self, AmqpError, Names, Publisher};
+use sqlx::PgPool;
+use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-/// Start-up failures.
+use crate::{config::Settings, consumer::Context, metrics::Metrics};
+
+/// Database connections per worker: one per delivery in flight, plus probes.
+fn pool_size(concurrency: u16) -> u32 {
+    u32::from(concurrency) + 2
+}
+
+/// Start-up and run failures.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Database(#[from] shared::db::DbError),
     #[error(transparent)]
-    Broker(#[from] amqp::AmqpError),
+    Broker(#[from] AmqpError),
+    #[error("ops listener: {0}")]
+    Listener(#[from] std::io::Error),
 }
 
-/// Applies migrations, declares the broker topology and runs until `shutdown`.
-pub async fn run(
-    database_url: &Secret<String>,
-    database_patience: std::time::Duration,
-    amqp_url: &Secret<String>,
-    prefix: &str,
-    shutdown: CancellationToken,
-) -> Result<(), RunError> {
-    let pool = shared::db::connect_and_migrate(database_url, 4, database_patience).await?;
-    let connection = amqp::connect(amqp_url, "clerk-worker").await?;
-    let channel =
-        connection
+/// A connected, migrated worker, ready to run.
+pub struct Worker {
+    settings: Settings,
+    names: Names,
+    pool: PgPool,
+    /// The connection made at start; taken by `run`.
+    connection: Option<Connection>,
+    /// Taken by `run`.
+    ops_listener: Option<TcpListener>,
+    metrics: Arc<Metrics>,
+    broker_connected: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Connects to PostgreSQL (applying migrations) and RabbitMQ (declaring
+    /// the topology); fails if either stays unreachable at start.
+    pub async fn build(settings: Settings, ops_listener: TcpListener) -> Result<Self, RunError> {
+        let pool = shared::db::connect_and_migrate(
+            &settings.database_url,
+            pool_size(settings.concurrency),
+            settings.database_patience,
+        )
+        .await?;
+        let names = Names::new(&settings.amqp_prefix);
+        let connection = connect_with_patience(&settings, settings.database_patience).await?;
+        Ok(Self {
+            settings,
+            names,
+            pool,
+            connection: Some(connection),
+            ops_listener: Some(ops_listener),
+            metrics: Arc::default(),
+            broker_connected: Arc::default(),
+        })
+    }
+
+    /// The ops listener's address (useful with port 0).
+    pub fn ops_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        match &self.ops_listener {
+            Some(listener) => listener.local_addr(),
+            None => Err(std::io::Error::other("the ops listener is already serving")),
+        }
+    }
+
+    /// Consumes until `shutdown`: then stops taking deliveries, lets the ones
+    /// in flight finish (up to the drain timeout) and returns. A lost broker
+    /// connection is re-established with backoff.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RunError> {
+        let (Some(ops_listener), Some(first_connection)) =
+            (self.ops_listener.take(), self.connection.take())
+        else {
+            return Ok(());
+        };
+        let ops_app = ops::router(ops::OpsState {
+            pool: self.pool.clone(),
+            broker_connected: self.broker_connected.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let ops_stop = shutdown.clone();
+        let ops = tokio::spawn(async move {
+            axum::serve(ops_listener, ops_app)
+                .with_graceful_shutdown(ops_stop.cancelled_owned())
+                .await
+        });
+        let context = self.context(
+            Publisher::open(&first_connection, &self.names).await?,
+            &shutdown,
+        );
+        let mut connection = Some((first_connection, context));
+        let mut delays = reconnect_backoff(&self.settings);
+        loop {
+            let (conn, context) = match connection.take() {
+                Some(pair) => pair,
+                None => match self.reconnect(&shutdown).await {
+                    Some(pair) => pair,
+                    None => break,
+                },
+            };
+            let consumed = self.consume(&conn, context, &shutdown).await;
+            self.broker_connected.store(false, Ordering::SeqCst);
+            let _ = conn.close(200, "worker stopping".into()).await;
+            match consumed {
+                Ok(()) => break,
+                Err(error) => {
+                    let delay = delays.next().unwrap_or(self.settings.retry_max_delay);
+                    tracing::warn!(error.message = %error, retry_in = ?delay, "lost RabbitMQ; reconnecting");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        self.pool.close().await;
+        if let Ok(Err(error)) = ops.await {
+            tracing::warn!(error.message = %error, "ops listener failed");
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    /// What every delivery task of one connection shares.
+    fn context(&self, publisher: Publisher, shutdown: &CancellationToken) -> Arc<Context> {
+        Arc::new(Context {
+            pool: self.pool.clone(),
+            publisher: Arc::new(publisher),
+            metrics: self.metrics.clone(),
+            max_attempts: self.settings.max_attempts,
+            retry_base_delay: self.settings.retry_base_delay,
+            retry_max_delay: self.settings.retry_max_delay,
+            shutdown: shutdown.clone(),
+        })
+    }
+
+    async fn reconnect(&self, shutdown: &CancellationToken) -> Option<(Connection, Arc<Context>)> {
+        let mut delays = reconnect_backoff(&self.settings);
+        loop {
+            let attempt = async {
+                let conn = amqp::connect(&self.settings.amqp_url, "clerk-worker").await?;
+                let publisher = Publisher::open(&conn, &self.names).await?;
+                Ok::<_, AmqpError>((conn, publisher))
+            };
+            match attempt.await {
+                Ok((conn, publisher)) => {
+                    tracing::info!("reconnected to RabbitMQ");
+                    return Some((conn, self.context(publisher, shutdown)));
+                }
+                Err(error) => {
+                    let delay = delays.next().unwrap_or(self.settings.retry_max_delay);
+                    tracing::warn!(error.message = %error, retry_in = ?delay, "RabbitMQ unreachable");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Consumes on one connection. Returns `Ok` after a clean shutdown and an
+    /// error when the connection or the consumer is lost.
+    async fn consume(
+        &self,
+        connection: &Connection,
+        context: Arc<Context>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), AmqpError> {
+        let protocol = |operation| move |source| AmqpError::Protocol { operation, source };
+        let channel = connection
             .create_channel()
             .await
-            .map_err(|source| amqp::AmqpError::Protocol {
-                operation: "channel.open",
-                source,
-            })?;
-    amqp::declare_topology(&channel, &Names::new(prefix)).await?;
-    tracing::info!(prefix, "worker ready: schema migrated, topology declared");
-    shutdown.cancelled().await;
-    let _ = connection.close(200, "shutdown".into()).await;
-    pool.close().await;
-    tracing::info!("worker stopped");
-    Ok(())
+            .map_err(protocol("channel.open"))?;
+        amqp::declare_topology(&channel, &self.names).await?;
+        channel
+            .basic_qos(self.settings.concurrency, BasicQosOptions::default())
+            .await
+            .map_err(protocol("basic.qos"))?;
+        let tag = format!(
+            "clerk-worker-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let mut deliveries = channel
+            .basic_consume(
+                self.names.worker_queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(protocol("basic.consume"))?;
+        self.broker_connected.store(true, Ordering::SeqCst);
+        tracing::info!(
+            queue = %self.names.worker_queue,
+            concurrency = self.settings.concurrency,
+            "consuming"
+        );
+        let mut tasks = JoinSet::new();
+        let lost = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break None,
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let context = context.clone();
+                        tasks.spawn(async move { consumer::handle(&context, delivery).await });
+                    }
+                    Some(Err(error)) => break Some(AmqpError::Protocol { operation: "consume", source: error }),
+                    None => break Some(AmqpError::Unroutable("the broker cancelled the consumer".to_owned())),
+                },
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Err(error) = joined {
+                        tracing::error!(error.message = %error, "delivery task failed");
+                    }
+                }
+            }
+        };
+        if lost.is_none() {
+            // Stop taking deliveries; what was prefetched but not started goes
+            // back to the queue when the channel closes.
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            tracing::info!(
+                in_flight = tasks.len(),
+                "shutdown: draining in-flight deliveries"
+            );
+        }
+        drain(&mut tasks, self.settings.drain_timeout).await;
+        let _ = channel.close(200, "worker stopping".into()).await;
+        match lost {
+            None => Ok(()),
+            Some(error) => Err(error),
+        }
+    }
+}
+
+/// Waits for the delivery tasks, up to `timeout`; the rest are abandoned and
+/// their messages return to the queue unacked.
+async fn drain(tasks: &mut JoinSet<()>, timeout: Duration) {
+    let finished = tokio::time::timeout(timeout, async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(error) = joined {
+                tracing::error!(error.message = %error, "delivery task failed");
+            }
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            abandoned = tasks.len(),
+            "drain timed out; unfinished deliveries return to the queue"
+        );
+        tasks.abort_all();
+    }
+}
+
+fn reconnect_backoff(settings: &Settings) -> impl Iterator<Item = Duration> {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(settings.retry_max_delay)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn connect_with_patience(
+    settings: &Settings,
+    patience: Duration,
+) -> Result<Connection, AmqpError> {
+    use backon::Retryable as _;
+    let connect = || amqp::connect(&settings.amqp_url, "clerk-worker");
+    let retried = connect
+        .retry(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(2))
+                .without_max_times(),
+        )
+        .notify(|error, after| {
+            tracing::warn!(error.message = %error, retry_in = ?after, "RabbitMQ not reachable yet");
+        });
+    match tokio::time::timeout(patience, retried).await {
+        Ok(result) => result,
+        Err(_) => amqp::connect(&settings.amqp_url, "clerk-worker").await,
+    }
 }
