@@ -12,6 +12,16 @@ pub struct TestDb {
 impl TestDb {
     /// Creates `t_<uuid>` and applies the migrations.
     pub async fn new() -> Self {
+        let db = Self::empty().await;
+        shared::db::MIGRATOR
+            .run(&db.pool)
+            .await
+            .expect("migrations apply");
+        db
+    }
+
+    /// Creates `t_<uuid>` without applying anything.
+    pub async fn empty() -> Self {
         let admin_url = crate::postgres_admin_url();
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&admin_url)
