@@ -1,0 +1,212 @@
+//! Outages are not message failures (`SPEC.md` section 8). A dependency is cut
+//! off by a TCP proxy between the service under test and the real server:
+//! its connections drop and new ones are refused, exactly as when the server
+//! stops, while the tests running in parallel keep their server.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use e2e::{
+    broker::TestBroker,
+    db::TestDb,
+    deliveries::{new_id, user_created, user_event, Delivery},
+    ingress::{Endpoints, TestIngress},
+    process::Service,
+    proxy::TcpProxy,
+    wait_for,
+    worker::{deliver, finished_events, settings, TestWorker},
+};
+use reqwest::StatusCode;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn user_events(range: std::ops::Range<usize>) -> Vec<(String, Vec<u8>)> {
+    range
+        .map(|i| {
+            (
+                new_id(),
+                user_event("user.created", &format!("user_{i}"), "x@example.org", 1000),
+            )
+        })
+        .collect()
+}
+
+async fn scalar(db: &TestDb, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&db.pool).await.unwrap()
+}
+
+fn amqp_via(proxy: &TcpProxy) -> String {
+    let mut url = reqwest::Url::parse(&e2e::amqp_url()).unwrap();
+    url.set_port(Some(proxy.port)).unwrap();
+    url.to_string()
+}
+
+fn amqp_port() -> u16 {
+    reqwest::Url::parse(&e2e::amqp_url())
+        .unwrap()
+        .port()
+        .unwrap_or(5672)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_seconds_without_postgres_under_load_dead_letter_nothing_and_lose_nothing() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::start(db.server_port()).await;
+    let worker = TestWorker::spawn_with(settings(
+        db.url(Some(proxy.port)),
+        e2e::amqp_url(),
+        broker.prefix.clone(),
+    ))
+    .await;
+    let ready_url = format!("http://{}/readyz", worker.ops_addr);
+    let first = user_events(0..100);
+    let second = user_events(100..200);
+    deliver(&db, &broker, &first).await;
+    wait_for("the worker to be busy", DEADLINE, || async {
+        (finished_events(&db).await > 0).then_some(())
+    })
+    .await;
+
+    proxy.cut();
+    deliver(&db, &broker, &second).await;
+    let readiness = reqwest::get(&ready_url).await.unwrap();
+    assert_eq!(readiness.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(readiness.text().await.unwrap().contains("postgres"));
+    // The outage lasts ten seconds: the scenario, not a synchronisation.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        broker.worker_queue_depth().await > 0,
+        "deliveries beyond the prefetch wait in the broker during the outage"
+    );
+    proxy.restore();
+
+    wait_for("every event to be processed", DEADLINE, || async {
+        (finished_events(&db).await == 200).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM webhook_events WHERE status <> 'processed'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(&db, "SELECT sum(attempts)::bigint FROM webhook_events").await,
+        200,
+        "the outage counted no attempt"
+    );
+    assert_eq!(scalar(&db, "SELECT count(*) FROM users").await, 200);
+    assert!(
+        broker.take(&broker.names.dead_letter_queue).await.is_none(),
+        "nothing dead-lettered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rabbitmq_lost_and_back_under_load_loses_nothing_between_ingress_and_worker() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let proxy = TcpProxy::start(amqp_port()).await;
+    let ingress = TestIngress::spawn(Endpoints {
+        database_url: db.url(None),
+        amqp_url: amqp_via(&proxy),
+        prefix: broker.prefix.clone(),
+    })
+    .await;
+    let worker = TestWorker::spawn_with(settings(
+        db.url(None),
+        amqp_via(&proxy),
+        broker.prefix.clone(),
+    ))
+    .await;
+    let send = |range: std::ops::Range<usize>| {
+        let ingress = &ingress;
+        async move {
+            for i in range {
+                let delivery =
+                    Delivery::signed(&ingress.secret, user_created(&format!("user_{i}")));
+                assert_eq!(ingress.post(&delivery).await.0, StatusCode::OK);
+            }
+        }
+    };
+
+    send(0..100).await;
+    wait_for("the worker to be busy", DEADLINE, || async {
+        (finished_events(&db).await > 0).then_some(())
+    })
+    .await;
+    proxy.cut();
+    send(100..200).await;
+    proxy.restore();
+    send(200..300).await;
+
+    wait_for("every event to be processed", DEADLINE, || async {
+        (finished_events(&db).await == 300).then_some(())
+    })
+    .await;
+    worker.stop().await;
+    ingress.stop().await;
+    assert_eq!(scalar(&db, "SELECT count(*) FROM users").await, 300);
+    assert_eq!(
+        scalar(&db, "SELECT sum(attempts)::bigint FROM webhook_events").await,
+        300,
+        "nothing applied twice"
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM webhook_events WHERE published_at IS NULL"
+        )
+        .await,
+        0
+    );
+    assert!(broker.take(&broker.names.dead_letter_queue).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let database_url = db.url(None);
+    let mut doomed = Service::start(
+        "worker",
+        &["run"],
+        &[
+            ("DATABASE_URL", database_url.as_str()),
+            ("AMQP_URL", e2e::amqp_url().as_str()),
+            ("AMQP_PREFIX", broker.prefix.as_str()),
+            ("WORKER_OPS_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    doomed.wait_for_line("consuming", DEADLINE);
+    let events = user_events(0..300);
+
+    deliver(&db, &broker, &events).await;
+    wait_for(
+        "the worker to be in the middle of the stream",
+        DEADLINE,
+        || async { (finished_events(&db).await > 0).then_some(()) },
+    )
+    .await;
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let survivor = TestWorker::spawn(&db, &broker).await;
+    wait_for("the rest to be processed", DEADLINE, || async {
+        (finished_events(&db).await == 300).then_some(())
+    })
+    .await;
+    survivor.stop().await;
+
+    assert_eq!(scalar(&db, "SELECT count(*) FROM users").await, 300);
+    assert_eq!(
+        scalar(&db, "SELECT sum(attempts)::bigint FROM webhook_events").await,
+        300,
+        "nothing applied twice"
+    );
+    assert!(broker.take(&broker.names.dead_letter_queue).await.is_none());
+}
