@@ -153,6 +153,7 @@ async fn the_worker_declares_the_topology_and_exits_zero_on_sigterm() {
             ("DATABASE_URL", database_url.as_str()),
             ("AMQP_URL", e2e::amqp_url().as_str()),
             ("AMQP_PREFIX", prefix.as_str()),
+            ("WORKER_OPS_ADDR", "127.0.0.1:0"),
         ],
     );
     worker.wait_for_line("worker ready", DEADLINE);

@@ -304,7 +304,8 @@ async fn record_failure(
     .bind(ctx.max_attempts as i32)
     .fetch_optional(&ctx.pool)
     .await?;
-    Ok(attempts.unwrap_or(ctx.max_attempts as i32))
+    // A message without a stored row has made one attempt.
+    Ok(attempts.unwrap_or(1))
 }
 
 /// Publishes the message to the dead-letter exchange with its attempts and
