@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+#
+# One image with both services: `ingress` (the default command) and `worker`.
+#   docker build -t clerk-events .
+#   docker run --rm clerk-events worker --help
+
+ARG RUST_VERSION=1
+
+FROM rust:${RUST_VERSION}-bookworm AS builder
+WORKDIR /src
+COPY . .
+# The caches keep downloaded crates and compiled dependencies between builds;
+# the binaries are copied out of the cached target directory in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p ingress -p worker \
+    && mkdir -p /out \
+    && cp target/release/ingress target/release/worker /out/
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app
+COPY --from=builder /out/ingress /out/worker /usr/local/bin/
+USER app:app
+ENV INGRESS_ADDR=0.0.0.0:8080 \
+    LOG_FORMAT=json
+# 8080: ingress webhook listener; 9090: worker health and metrics (set WORKER_OPS_ADDR=0.0.0.0:9090)
+EXPOSE 8080 9090
+CMD ["ingress"]
