@@ -4,7 +4,16 @@ use serde_json::{Map, Value};
 
 /// Event types the worker applies handlers to (`../SPEC.md` section 9); every
 /// other type is stored, published and marked `ignored`.
-pub const HANDLED_EVENT_TYPES: &[&str] = &["user.created", "user.updated", "user.deleted"];
+pub const HANDLED_EVENT_TYPES: &[&str] = &[
+    "user.created",
+    "user.updated",
+    "user.deleted",
+    "subscriptionItem.active",
+    "subscriptionItem.updated",
+    "subscriptionItem.canceled",
+    "subscriptionItem.ended",
+    "paymentAttempt.updated",
+];
 
 /// Why a verified body is not a Clerk event.
 #[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
@@ -103,6 +112,11 @@ pub mod user {
     }
 
     impl User {
+        /// Parses a user object (as `GET /users` returns them).
+        pub fn deserialize_from(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
+            Self::deserialize(value)
+        }
+
         /// The address whose id is `primary_email_address_id`, if any.
         pub fn primary_email(&self) -> Option<&str> {
             let primary = self.primary_email_address_id.as_deref()?;
@@ -128,7 +142,7 @@ pub mod user {
         Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
     }
 
-    fn blank_as_none<'de, D: Deserializer<'de>>(
+    pub(super) fn blank_as_none<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<String>, D::Error> {
         let value = Option::<serde_json::Value>::deserialize(deserializer)?;
@@ -138,7 +152,9 @@ pub mod user {
         })
     }
 
-    fn lenient_millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    pub(super) fn lenient_millis<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<i64>, D::Error> {
         let value = Option::<serde_json::Value>::deserialize(deserializer)?;
         Ok(match value {
             Some(serde_json::Value::Number(n)) => n
@@ -181,6 +197,151 @@ pub mod user {
             .unwrap();
             assert_eq!(user.primary_email(), None);
             assert_eq!(user.updated_at, None);
+        }
+    }
+}
+
+/// Typed views of Clerk Billing payloads, parsed leniently (fields differ
+/// between Clerk's own documents; optional fields may be absent, `null` or `""`).
+pub mod billing {
+    use serde::{Deserialize, Deserializer};
+
+    /// Who pays: a user, or an organization when `user_id` is empty.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    pub struct Payer {
+        /// Clerk user id, `""` for organization payers.
+        #[serde(default, deserialize_with = "blank_as_none")]
+        pub user_id: Option<String>,
+        /// Clerk organization id, `""` for user payers.
+        #[serde(default, deserialize_with = "blank_as_none")]
+        pub organization_id: Option<String>,
+    }
+
+    impl Payer {
+        /// The owner of the credits: the user, else the organization.
+        pub fn owner(&self) -> Option<&str> {
+            self.user_id.as_deref().or(self.organization_id.as_deref())
+        }
+    }
+
+    /// A plan, as embedded in items.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    pub struct Plan {
+        /// Plan id (`cplan_…`).
+        #[serde(default, deserialize_with = "blank_as_none")]
+        pub id: Option<String>,
+        /// The slug the catalog is keyed by.
+        #[serde(default, deserialize_with = "blank_as_none")]
+        pub slug: Option<String>,
+    }
+
+    /// A subscription item (`subscriptionItem.*` data, or an entry of a payment
+    /// attempt's `subscription_items`).
+    #[derive(Debug, Clone, Deserialize)]
+    pub struct SubscriptionItem {
+        /// Item id (`csub_item_…`).
+        #[serde(default, deserialize_with = "blank_as_none")]
+        pub id: Option<String>,
+        /// `active`, `canceled`, `ended`, `upcoming`, …
+        #[serde(default, deserialize_with = "blank_as_none")]
+        pub status: Option<String>,
+        /// The plan of the item.
+        #[serde(default, deserialize_with = "null_as_default")]
+        pub plan: Plan,
+        /// Start of the current period, Unix ms (null for the default plan).
+        #[serde(default, deserialize_with = "lenient_millis")]
+        pub period_start: Option<i64>,
+        /// Set when the item is sent as a standalone event.
+        #[serde(default, deserialize_with = "null_as_default")]
+        pub payer: Payer,
+    }
+
+    /// `paymentAttempt.*` data.
+    #[derive(Debug, Clone, Deserialize)]
+    pub struct PaymentAttempt {
+        /// Attempt id.
+        #[serde(default, deserialize_with = "blank_as_none")]
+        pub id: Option<String>,
+        /// Payment id (`cpa_…`), used when `id` is missing.
+        #[serde(default, deserialize_with = "blank_as_none")]
+        pub payment_id: Option<String>,
+        /// `pending`, `paid` or `failed`.
+        #[serde(default, deserialize_with = "blank_as_none")]
+        pub status: Option<String>,
+        /// Who paid.
+        #[serde(default, deserialize_with = "null_as_default")]
+        pub payer: Payer,
+        /// What was paid for.
+        #[serde(default, deserialize_with = "null_as_default")]
+        pub subscription_items: Vec<SubscriptionItem>,
+    }
+
+    impl PaymentAttempt {
+        /// The attempt's identity for idempotency keys.
+        pub fn key(&self) -> Option<&str> {
+            self.id.as_deref().or(self.payment_id.as_deref())
+        }
+    }
+
+    fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + Default,
+    {
+        Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+    }
+
+    fn blank_as_none<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<String>, D::Error> {
+        super::user::blank_as_none(deserializer)
+    }
+
+    fn lenient_millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+        super::user::lenient_millis(deserializer)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_user_payer_with_empty_organization_fields_owns_the_credits() {
+            let item: SubscriptionItem = serde_json::from_value(serde_json::json!({
+                "id": "csub_item_1", "object": "subscription_item", "status": "active",
+                "plan": {"id": "cplan_1", "slug": "pro", "amount": 1000},
+                "period_start": 1_716_883_200_000_i64, "period_end": null, "plan_period": "month",
+                "payer": {"user_id": "user_1", "organization_id": "", "organization_name": ""}
+            }))
+            .unwrap();
+            assert_eq!(item.payer.owner(), Some("user_1"));
+            assert_eq!(item.plan.slug.as_deref(), Some("pro"));
+        }
+
+        #[test]
+        fn an_organization_payer_owns_the_credits_when_the_user_is_empty() {
+            let attempt: PaymentAttempt = serde_json::from_value(serde_json::json!({
+                "id": "pa_1", "status": "paid",
+                "payer": {"user_id": "", "organization_id": "org_1"},
+                "subscription_items": [{"id": "csub_item_1", "plan": {"slug": "pro"}, "period_start": "5"}]
+            }))
+            .unwrap();
+            assert_eq!(attempt.payer.owner(), Some("org_1"));
+            assert_eq!(attempt.subscription_items[0].period_start, Some(5));
+        }
+
+        #[test]
+        fn nulls_everywhere_parse() {
+            let item: SubscriptionItem = serde_json::from_value(serde_json::json!({
+                "id": null, "plan": null, "payer": null, "period_start": null
+            }))
+            .unwrap();
+            assert_eq!(item.payer.owner(), None);
+            let attempt: PaymentAttempt = serde_json::from_value(
+                serde_json::json!({"subscription_items": null, "payer": null}),
+            )
+            .unwrap();
+            assert!(attempt.subscription_items.is_empty());
         }
     }
 }

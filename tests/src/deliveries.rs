@@ -132,3 +132,85 @@ pub fn user_deleted(user_id: &str) -> Vec<u8> {
     }))
     .expect("serialize")
 }
+
+/// The payer of a billing event: a user (`user_…`) or an organization.
+fn payer(owner: &str) -> serde_json::Value {
+    if owner.starts_with("org_") {
+        serde_json::json!({"id": "cpayer_org", "object": "commerce_payer", "user_id": "", "organization_id": owner,
+                           "organization_name": "Example Org", "first_name": "", "last_name": "", "email": "billing@example.org"})
+    } else {
+        serde_json::json!({"id": "cpayer_user", "object": "commerce_payer", "user_id": owner, "organization_id": "",
+                           "organization_name": "", "first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.org"})
+    }
+}
+
+/// A `subscriptionItem.*` event for `owner`'s item of plan `slug`.
+pub fn subscription_item(
+    event_type: &str,
+    item_id: &str,
+    owner: &str,
+    slug: &str,
+    status: &str,
+    period_start: Option<i64>,
+) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "data": {
+            "id": item_id,
+            "object": "commerce_subscription_item",
+            "status": status,
+            "is_free_trial": false,
+            "interval": "month",
+            "period_start": period_start,
+            "period_end": period_start.map(|p| p + 30 * 86_400_000),
+            "plan_id": format!("cplan_{slug}"),
+            "plan": {"id": format!("cplan_{slug}"), "slug": slug, "name": slug, "is_recurring": true,
+                     "amount": 1000, "currency": "usd"},
+            "payer": payer(owner),
+            "subscription_id": "csub_1",
+            "seats": null
+        },
+        "object": "event",
+        "type": event_type,
+        "timestamp": 1_716_883_200_000_i64,
+        "instance_id": "ins_2exampleinstance"
+    }))
+    .expect("serialize")
+}
+
+/// A `paymentAttempt.updated` event paying for `items` (`(item id, slug, period_start)`).
+pub fn payment_attempt(
+    attempt_id: &str,
+    status: &str,
+    owner: &str,
+    items: &[(&str, &str, Option<i64>)],
+) -> Vec<u8> {
+    let items: Vec<serde_json::Value> = items
+        .iter()
+        .map(|(id, slug, period_start)| {
+            serde_json::json!({
+                "id": id, "object": "commerce_subscription_item", "status": "active",
+                "plan": {"id": format!("cplan_{slug}"), "slug": slug, "amount": 500, "currency": "usd"},
+                "plan_period": "month", "period_start": period_start, "period_end": null,
+                "credits": {"proration": null, "payer": null, "total": null}
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "data": {
+            "id": attempt_id,
+            "payment_id": format!("cpa_{attempt_id}"),
+            "status": status,
+            "charge_type": "checkout",
+            "paid_at": 1_716_883_200_000_i64,
+            "payer": payer(owner),
+            "payee": {"id": "cpayee_1"},
+            "totals": {"grand_total": {"amount": 500, "amount_formatted": "5.00", "currency": "USD", "currency_symbol": "$"}},
+            "subscription_items": items
+        },
+        "object": "event",
+        "type": "paymentAttempt.updated",
+        "timestamp": 1_716_883_200_000_i64,
+        "instance_id": "ins_2exampleinstance"
+    }))
+    .expect("serialize")
+}

@@ -5,8 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod broker;
+pub mod commands;
 pub mod db;
 pub mod deliveries;
+pub mod fake_clerk;
 pub mod ingress;
 pub mod process;
 pub mod proxy;

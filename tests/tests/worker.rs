@@ -314,7 +314,7 @@ async fn unknown_event_types_are_marked_ignored_and_acked() {
 async fn a_redelivered_event_is_applied_once() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
-    let active = add_membership(&db.pool, "g@example.org", Some("user_g"), "active", 500).await;
+    add_membership(&db.pool, "g@example.org", Some("user_g"), "active", 500).await;
     add_membership(&db.pool, "w1@example.org", None, "waitlisted", 400).await;
     add_membership(&db.pool, "w2@example.org", None, "waitlisted", 300).await;
     let worker = TestWorker::spawn(&db, &broker).await;
@@ -343,7 +343,6 @@ async fn a_redelivered_event_is_applied_once() {
         event_status(&db.pool, &id).await,
         ("processed".to_owned(), 1, None)
     );
-    let _ = active;
 }
 
 #[tokio::test(flavor = "multi_thread")]

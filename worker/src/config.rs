@@ -1,12 +1,14 @@
 //! The worker configuration, read from the environment (`SPEC.md` section 3).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use shared::{
     config::{AmqpConfig, DatabaseConfig, LogConfig},
     secret::Secret,
 };
+
+use crate::credits::{catalog::CatalogError, Catalog};
 
 /// Command line and environment of the `worker` binary.
 #[derive(Parser, Clone, Debug)]
@@ -44,6 +46,28 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
 
+    /// Clerk Backend API base URL.
+    #[arg(long = "clerk-api-url", env = "CLERK_API_URL", default_value = crate::clerk_api::DEFAULT_API_URL, global = true)]
+    pub clerk_api_url: String,
+
+    /// Clerk Backend API secret key (sk_…); without it the metadata sync is off.
+    #[arg(
+        long = "clerk-secret-key",
+        env = "CLERK_SECRET_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    pub clerk_secret_key: Option<String>,
+
+    /// Path of the plan catalog (TOML); without it no billing event changes credits.
+    #[arg(
+        long = "credit-plans",
+        env = "CREDIT_PLANS",
+        value_name = "PATH",
+        global = true
+    )]
+    pub credit_plans: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -52,6 +76,162 @@ pub struct Config {
 pub enum Command {
     /// Consume events and apply handlers (the default).
     Run,
+    /// Inspect the dead-letter queue and move dead letters back for processing.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Re-publish stored events; handlers are idempotent, so processed events
+    /// are skipped by the worker as duplicates.
+    Replay(ReplayArgs),
+    /// Delete processed and ignored events older than a given age; dead,
+    /// failed and unprocessed events are never deleted.
+    Prune(PruneArgs),
+    /// Manual credit changes.
+    Credits {
+        #[command(subcommand)]
+        command: CreditsCommand,
+    },
+    /// Reconcile with Clerk's Backend API.
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum CreditsCommand {
+    /// Set or change one user's balance: audited, and synced to Clerk like any
+    /// other change.
+    Adjust(CreditsAdjustArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+#[command(group(ArgGroup::new("change").required(true).args(["set", "add"])))]
+pub struct CreditsAdjustArgs {
+    /// Clerk user id (user_…).
+    #[arg(value_name = "USER_ID")]
+    pub user_id: String,
+
+    /// Make the balance exactly N.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub set: Option<i64>,
+
+    /// Add N to the balance (negative to take away).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub add: Option<i64>,
+
+    /// Why, for the audit log.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+
+    /// Who, for the audit log; defaults to $USER.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "USER",
+        default_value = "operator",
+        hide_env_values = true
+    )]
+    pub actor: String,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum SyncCommand {
+    /// Page through every Clerk user: create missing local users and push
+    /// credit balances to Clerk's metadata.
+    Users(SyncUsersArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct SyncUsersArgs {
+    /// Report what would change; write nothing locally or to Clerk.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Subcommand, Clone, Debug)]
+pub enum DlqCommand {
+    /// List dead-lettered events without removing them.
+    List(DlqListArgs),
+    /// Re-publish dead-lettered events for processing; a message leaves the
+    /// dead-letter queue only after its re-publish is confirmed.
+    Replay(DlqReplayArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct DlqListArgs {
+    /// Show at most this many dead letters.
+    #[arg(long, value_name = "N", default_value_t = crate::dlq::DEFAULT_LIST_LIMIT,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit: u32,
+
+    /// Print one JSON array instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+#[command(group(ArgGroup::new("selection").required(true).args(["ids", "event_type", "all"])))]
+pub struct DlqReplayArgs {
+    /// Replay the dead letters with these svix ids (repeatable).
+    #[arg(long = "id", value_name = "SVIX_ID", num_args = 1..)]
+    pub ids: Vec<String>,
+
+    /// Replay every dead letter of this event type.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub event_type: Option<String>,
+
+    /// Replay every dead letter.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Show what would be replayed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Clone, Debug)]
+#[command(group(ArgGroup::new("events").required(true).args(["ids", "since"])))]
+pub struct ReplayArgs {
+    /// Re-publish from the `webhook_events` archive (the only source).
+    #[arg(long, required = true)]
+    pub from_store: bool,
+
+    /// Re-publish the stored events with these svix ids (repeatable).
+    #[arg(long = "id", value_name = "SVIX_ID", num_args = 1..)]
+    pub ids: Vec<String>,
+
+    /// Re-publish the events received at or after this instant
+    /// (RFC 3339, e.g. 2024-05-01T00:00:00Z).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub since: Option<time::OffsetDateTime>,
+
+    /// With --since: only events of this type.
+    #[arg(long = "type", value_name = "TYPE", conflicts_with = "ids")]
+    pub event_type: Option<String>,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct PruneArgs {
+    /// Age of the events to delete: a number and a unit, one of s, m, h, d
+    /// or w (e.g. 30d). Keep it longer than the sender's retry window: a
+    /// redelivery of a pruned event is no longer recognised as a duplicate.
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub older_than: Duration,
+
+    /// Count what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+fn parse_rfc3339(value: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| "not an RFC 3339 timestamp (e.g. 2024-05-01T00:00:00Z)".to_owned())
+}
+
+fn parse_age(value: &str) -> Result<Duration, String> {
+    crate::prune::parse_duration(value).map_err(|e| e.to_string())
 }
 
 /// Everything `worker run` needs, validated.
@@ -70,11 +250,54 @@ pub struct Settings {
     pub retry_max_delay: Duration,
     /// How long shutdown waits for in-flight deliveries.
     pub drain_timeout: Duration,
+    /// The plan catalog; empty when `CREDIT_PLANS` is not set.
+    pub catalog: Catalog,
+    /// The Backend API, when `CLERK_SECRET_KEY` is set.
+    pub clerk: Option<ClerkSettings>,
+}
+
+/// Where and how to reach Clerk's Backend API.
+#[derive(Clone, Debug)]
+pub struct ClerkSettings {
+    pub api_url: String,
+    pub secret_key: Secret<String>,
+}
+
+/// Why the configuration cannot be used. Never carries a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("CLERK_API_URL must be an http or https URL")]
+    ClerkUrl,
 }
 
 impl Config {
-    pub fn settings(&self) -> Settings {
-        Settings {
+    /// The Backend API settings, if a secret key is configured.
+    pub fn clerk(&self) -> Result<Option<ClerkSettings>, ConfigError> {
+        if !(self.clerk_api_url.starts_with("http://")
+            || self.clerk_api_url.starts_with("https://"))
+        {
+            return Err(ConfigError::ClerkUrl);
+        }
+        Ok(self
+            .clerk_secret_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .map(|key| ClerkSettings {
+                api_url: self.clerk_api_url.clone(),
+                secret_key: Secret::new(key.to_owned()),
+            }))
+    }
+
+    /// Validates everything `worker run` needs (the catalog is read here).
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let catalog = match &self.credit_plans {
+            Some(path) => Catalog::load(path)?,
+            None => Catalog::default(),
+        };
+        Ok(Settings {
             database_url: self.database.database_url.clone(),
             amqp_url: self.amqp.amqp_url.clone(),
             amqp_prefix: self.amqp.amqp_prefix.clone(),
@@ -84,6 +307,8 @@ impl Config {
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(25),
-        }
+            catalog,
+            clerk: self.clerk()?,
+        })
     }
 }

@@ -20,6 +20,7 @@ use sqlx::{types::Json, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    credits::Catalog,
     handlers::{self, Applied, Event, HandlerError},
     metrics::Metrics,
 };
@@ -29,6 +30,9 @@ pub struct Context {
     pub pool: PgPool,
     pub publisher: Arc<Publisher>,
     pub metrics: Arc<Metrics>,
+    pub catalog: Arc<Catalog>,
+    /// Woken after a commit, so a balance change reaches Clerk promptly.
+    pub sync_wakeup: Arc<tokio::sync::Notify>,
     pub max_attempts: u32,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
@@ -122,6 +126,9 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
         match result {
             Ok(Attempt::Done(applied)) => {
                 ack(&delivery).await;
+                if applied == Applied::Processed {
+                    ctx.sync_wakeup.notify_one();
+                }
                 ctx.metrics
                     .event(&type_hint, applied.outcome(), started.elapsed());
                 tracing::info!(
@@ -226,7 +233,7 @@ async fn attempt(
         event_type: &row.event_type,
         payload: &row.payload.0,
     };
-    let applied = handlers::apply(&mut tx, &event).await?;
+    let applied = handlers::apply(&mut tx, &event, &ctx.catalog).await?;
     sqlx::query(
         "UPDATE webhook_events SET status = $2, processed_at = now(), attempts = attempts + 1, \
          last_error = NULL WHERE webhook_id = $1",

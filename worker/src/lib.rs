@@ -2,11 +2,18 @@
 //! idempotent handlers, and serves health and metrics. Any number of workers
 //! may consume the same queue.
 
+pub mod clerk_api;
+pub mod clerk_sync;
 pub mod config;
 pub mod consumer;
+pub mod credits;
+pub mod dlq;
 pub mod handlers;
 pub mod metrics;
 pub mod ops;
+pub mod prune;
+pub mod replay;
+pub mod sync_users;
 
 use std::{
     net::SocketAddr,
@@ -44,6 +51,8 @@ pub enum RunError {
     Broker(#[from] AmqpError),
     #[error("ops listener: {0}")]
     Listener(#[from] std::io::Error),
+    #[error("Clerk API client: {0}")]
+    Clerk(String),
 }
 
 /// A connected, migrated worker, ready to run.
@@ -56,13 +65,23 @@ pub struct Worker {
     /// Taken by `run`.
     ops_listener: Option<TcpListener>,
     metrics: Arc<Metrics>,
+    catalog: Arc<credits::Catalog>,
+    /// Wakes the Clerk sync after a balance changed.
+    sync_wakeup: Arc<tokio::sync::Notify>,
     broker_connected: Arc<AtomicBool>,
 }
 
 impl Worker {
     /// Connects to PostgreSQL (applying migrations) and RabbitMQ (declaring
     /// the topology); fails if either stays unreachable at start.
-    pub async fn build(settings: Settings, ops_listener: TcpListener) -> Result<Self, RunError> {
+    pub async fn build(
+        mut settings: Settings,
+        ops_listener: TcpListener,
+    ) -> Result<Self, RunError> {
+        let catalog = std::mem::take(&mut settings.catalog);
+        if catalog.is_empty() {
+            tracing::warn!("no plan catalog (CREDIT_PLANS): billing events change no credits");
+        }
         let pool = shared::db::connect_and_migrate(
             &settings.database_url,
             pool_size(settings.concurrency),
@@ -71,6 +90,15 @@ impl Worker {
         .await?;
         let names = Names::new(&settings.amqp_prefix);
         let connection = connect_with_patience(&settings, settings.database_patience).await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|source| AmqpError::Protocol {
+                operation: "channel.open",
+                source,
+            })?;
+        amqp::declare_topology(&channel, &names).await?;
+        let _ = channel.close(200, "topology declared".into()).await;
         Ok(Self {
             settings,
             names,
@@ -78,6 +106,8 @@ impl Worker {
             connection: Some(connection),
             ops_listener: Some(ops_listener),
             metrics: Arc::default(),
+            catalog: Arc::new(catalog),
+            sync_wakeup: Arc::default(),
             broker_connected: Arc::default(),
         })
     }
@@ -110,6 +140,7 @@ impl Worker {
                 .with_graceful_shutdown(ops_stop.cancelled_owned())
                 .await
         });
+        let syncer = self.start_clerk_sync(&shutdown)?;
         let context = self.context(
             Publisher::open(&first_connection, &self.names).await?,
             &shutdown,
@@ -139,6 +170,9 @@ impl Worker {
                 }
             }
         }
+        if let Some(syncer) = syncer {
+            let _ = syncer.await;
+        }
         self.pool.close().await;
         if let Ok(Err(error)) = ops.await {
             tracing::warn!(error.message = %error, "ops listener failed");
@@ -147,12 +181,37 @@ impl Worker {
         Ok(())
     }
 
+    /// Starts the Clerk metadata sync, or says once that it is off.
+    fn start_clerk_sync(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, RunError> {
+        let Some(clerk) = &self.settings.clerk else {
+            tracing::warn!("Clerk metadata sync disabled: CLERK_SECRET_KEY is not set");
+            return Ok(None);
+        };
+        let api = clerk_api::ClerkApi::new(&clerk.api_url, clerk.secret_key.clone())
+            .map_err(|e| RunError::Clerk(e.to_string()))?;
+        let syncer = clerk_sync::Syncer {
+            pool: self.pool.clone(),
+            api,
+            metrics: self.metrics.clone(),
+            wakeup: self.sync_wakeup.clone(),
+            poll_interval: Duration::from_millis(500),
+            retry_base_delay: self.settings.retry_base_delay,
+            retry_max_delay: self.settings.retry_max_delay,
+        };
+        Ok(Some(tokio::spawn(syncer.run(shutdown.clone()))))
+    }
+
     /// What every delivery task of one connection shares.
     fn context(&self, publisher: Publisher, shutdown: &CancellationToken) -> Arc<Context> {
         Arc::new(Context {
             pool: self.pool.clone(),
             publisher: Arc::new(publisher),
             metrics: self.metrics.clone(),
+            catalog: self.catalog.clone(),
+            sync_wakeup: self.sync_wakeup.clone(),
             max_attempts: self.settings.max_attempts,
             retry_base_delay: self.settings.retry_base_delay,
             retry_max_delay: self.settings.retry_max_delay,

@@ -6,6 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, sync::Mutex, time::Duration};
 pub struct Metrics {
     events: Mutex<BTreeMap<(String, &'static str), u64>>,
     retries: Mutex<BTreeMap<String, u64>>,
+    clerk_sync: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -20,6 +21,13 @@ impl Metrics {
     pub fn retry(&self, event_type: &str) {
         if let Ok(mut retries) = self.retries.lock() {
             *retries.entry(event_type.to_owned()).or_default() += 1;
+        }
+    }
+
+    /// One Clerk metadata write ended with `outcome`.
+    pub fn clerk_sync(&self, outcome: &'static str) {
+        if let Ok(mut sync) = self.clerk_sync.lock() {
+            *sync.entry(outcome).or_default() += 1;
         }
     }
 
@@ -44,6 +52,16 @@ impl Metrics {
                     out,
                     "clerk_worker_retries_total{{event_type=\"{}\"}} {value}",
                     escape(event_type)
+                );
+            }
+        }
+        out.push_str("# HELP clerk_worker_clerk_sync_total Clerk metadata writes by outcome.\n");
+        out.push_str("# TYPE clerk_worker_clerk_sync_total counter\n");
+        if let Ok(sync) = self.clerk_sync.lock() {
+            for (outcome, value) in sync.iter() {
+                let _ = writeln!(
+                    out,
+                    "clerk_worker_clerk_sync_total{{outcome=\"{outcome}\"}} {value}"
                 );
             }
         }

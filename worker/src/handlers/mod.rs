@@ -1,12 +1,15 @@
 //! Event handlers, one file per family. A handler runs inside the delivery's
 //! transaction and never talks to the broker.
 
+pub mod billing;
 pub mod memberships;
 pub mod users;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sqlx::PgConnection;
+
+use crate::credits::Catalog;
 
 /// The stored event a handler applies.
 #[derive(Clone, Copy, Debug)]
@@ -56,10 +59,19 @@ pub enum HandlerError {
 }
 
 /// Applies one event inside `tx`.
-pub async fn apply(tx: &mut PgConnection, event: &Event<'_>) -> Result<Applied, HandlerError> {
+pub async fn apply(
+    tx: &mut PgConnection,
+    event: &Event<'_>,
+    catalog: &Catalog,
+) -> Result<Applied, HandlerError> {
     match event.event_type {
         "user.created" | "user.updated" => users::upsert(tx, event).await,
         "user.deleted" => users::delete(tx, event).await,
+        "subscriptionItem.active"
+        | "subscriptionItem.updated"
+        | "subscriptionItem.canceled"
+        | "subscriptionItem.ended" => billing::subscription_item(tx, event, catalog).await,
+        "paymentAttempt.updated" => billing::payment_attempt(tx, event, catalog).await,
         _ => Ok(Applied::Ignored),
     }
 }

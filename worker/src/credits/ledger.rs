@@ -1,0 +1,251 @@
+//! Every change of a credit balance: the account row is locked (changes to one
+//! account serialise), the idempotency key is checked, the account updated,
+//! one `credit_ledger` row written and a Clerk metadata sync scheduled, all in
+//! the caller's transaction. So an owner's ledger always sums to its balance.
+
+use sqlx::PgConnection;
+
+/// Why a balance changes; the `credit_ledger.reason` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    PlanGrant,
+    PlanEnd,
+    CreditPack,
+    AdminAdjustment,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::PlanGrant => "plan_grant",
+            Reason::PlanEnd => "plan_end",
+            Reason::CreditPack => "credit_pack",
+            Reason::AdminAdjustment => "admin_adjustment",
+        }
+    }
+}
+
+/// What a change does to the account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A plan period starts (or renews, or the plan changed): plan credits
+    /// become the plan's allotment. Older periods change nothing.
+    PlanGrant {
+        slug: String,
+        credits: i32,
+        item_id: String,
+        period_start: i64,
+    },
+    /// The plan's item ended: plan credits fall back to the default plan's
+    /// allotment (0 without one). Only the account's current item can end it.
+    PlanEnd {
+        item_id: String,
+        fallback: Option<(String, i32)>,
+    },
+    /// A pack was paid: its credits are added.
+    AddPack { credits: i32 },
+    /// An operator's adjustment of the balance by `delta` (pack credits first).
+    Adjust { delta: i64 },
+    /// An operator sets the balance to `target`.
+    SetBalance { target: i64 },
+}
+
+/// A change with its bookkeeping.
+#[derive(Clone, Debug)]
+pub struct Entry<'a> {
+    pub owner_id: &'a str,
+    pub idempotency_key: String,
+    pub webhook_id: Option<&'a str>,
+    pub actor: Option<&'a str>,
+    pub change: Change,
+}
+
+/// What happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Applied {
+        delta: i64,
+        balance: i64,
+    },
+    /// The idempotency key was used before: nothing changed.
+    Duplicate,
+    /// The change is older than the account's state: nothing changed.
+    Stale(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the balance would become {0}, below zero")]
+    Negative(i64),
+    #[error("the balance would leave the 32-bit range")]
+    Overflow,
+}
+
+#[derive(sqlx::FromRow)]
+struct Account {
+    plan_credits: i32,
+    pack_credits: i32,
+    plan_period_start: Option<i64>,
+    plan_item_id: Option<String>,
+}
+
+/// Applies `entry` in the caller's transaction.
+pub async fn apply(conn: &mut PgConnection, entry: &Entry<'_>) -> Result<Outcome, LedgerError> {
+    sqlx::query(
+        "INSERT INTO credit_accounts (owner_id) VALUES ($1) ON CONFLICT (owner_id) DO NOTHING",
+    )
+    .bind(entry.owner_id)
+    .execute(&mut *conn)
+    .await?;
+    let account: Account = sqlx::query_as(
+        "SELECT plan_credits, pack_credits, plan_period_start, plan_item_id \
+         FROM credit_accounts WHERE owner_id = $1 FOR UPDATE",
+    )
+    .bind(entry.owner_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if key_used(conn, &entry.idempotency_key).await? {
+        return Ok(Outcome::Duplicate);
+    }
+    let plan = i64::from(account.plan_credits);
+    let pack = i64::from(account.pack_credits);
+    let (new_plan, new_pack) = match &entry.change {
+        Change::PlanGrant {
+            slug,
+            credits,
+            item_id,
+            period_start,
+        } => {
+            if key_used(conn, &plan_end_key(item_id)).await? {
+                return Ok(Outcome::Stale("this subscription item already ended"));
+            }
+            if account
+                .plan_period_start
+                .is_some_and(|stored| stored > *period_start)
+            {
+                return Ok(Outcome::Stale("a later plan period is already applied"));
+            }
+            sqlx::query(
+                "UPDATE credit_accounts SET plan_slug = $2, plan_item_id = $3, plan_period_start = $4 \
+                 WHERE owner_id = $1",
+            )
+            .bind(entry.owner_id)
+            .bind(slug)
+            .bind(item_id)
+            .bind(period_start)
+            .execute(&mut *conn)
+            .await?;
+            (i64::from(*credits), pack)
+        }
+        Change::PlanEnd { item_id, fallback } => {
+            if account
+                .plan_item_id
+                .as_deref()
+                .is_some_and(|current| current != item_id)
+            {
+                return Ok(Outcome::Stale(
+                    "the ended item is not the account's current plan",
+                ));
+            }
+            sqlx::query("UPDATE credit_accounts SET plan_slug = $2, plan_item_id = NULL WHERE owner_id = $1")
+                .bind(entry.owner_id)
+                .bind(fallback.as_ref().map(|(slug, _)| slug.as_str()))
+                .execute(&mut *conn)
+                .await?;
+            (fallback.as_ref().map_or(0, |(_, c)| i64::from(*c)), pack)
+        }
+        Change::AddPack { credits } => (plan, pack + i64::from(*credits)),
+        Change::Adjust { .. } | Change::SetBalance { .. } => {
+            let delta = match &entry.change {
+                Change::SetBalance { target } => target - plan - pack,
+                Change::Adjust { delta } => *delta,
+                _ => 0,
+            };
+            let delta = &delta;
+            let balance = plan + pack + delta;
+            if balance < 0 {
+                return Err(LedgerError::Negative(balance));
+            }
+            // Pack credits absorb a decrease first, then plan credits.
+            let from_pack = (*delta).max(-pack);
+            (plan + (delta - from_pack), pack + from_pack)
+        }
+    };
+    let to_i32 = |v: i64| i32::try_from(v).map_err(|_| LedgerError::Overflow);
+    let (new_plan, new_pack) = (to_i32(new_plan)?, to_i32(new_pack)?);
+    let delta = i64::from(new_plan) + i64::from(new_pack) - plan - pack;
+    let delta32 = to_i32(delta)?;
+    sqlx::query(
+        "UPDATE credit_accounts SET plan_credits = $2, pack_credits = $3, updated_at = now() WHERE owner_id = $1",
+    )
+    .bind(entry.owner_id)
+    .bind(new_plan)
+    .bind(new_pack)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO credit_ledger (owner_id, delta, reason, idempotency_key, webhook_id, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(entry.owner_id)
+    .bind(delta32)
+    .bind(reason(&entry.change).as_str())
+    .bind(&entry.idempotency_key)
+    .bind(entry.webhook_id)
+    .bind(entry.actor)
+    .execute(&mut *conn)
+    .await?;
+    if delta != 0 {
+        schedule_sync(conn, entry.owner_id).await?;
+    }
+    Ok(Outcome::Applied {
+        delta,
+        balance: i64::from(new_plan) + i64::from(new_pack),
+    })
+}
+
+fn reason(change: &Change) -> Reason {
+    match change {
+        Change::PlanGrant { .. } => Reason::PlanGrant,
+        Change::PlanEnd { .. } => Reason::PlanEnd,
+        Change::AddPack { .. } => Reason::CreditPack,
+        Change::Adjust { .. } | Change::SetBalance { .. } => Reason::AdminAdjustment,
+    }
+}
+
+/// `plan:{subscription item id}:{period_start}`.
+pub fn plan_key(item_id: &str, period_start: i64) -> String {
+    format!("plan:{item_id}:{period_start}")
+}
+
+/// `plan_end:{subscription item id}`.
+pub fn plan_end_key(item_id: &str) -> String {
+    format!("plan_end:{item_id}")
+}
+
+/// `pack:{payment attempt id}:{item id}`.
+pub fn pack_key(attempt_id: &str, item_id: &str) -> String {
+    format!("pack:{attempt_id}:{item_id}")
+}
+
+async fn key_used(conn: &mut PgConnection, key: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM credit_ledger WHERE idempotency_key = $1)")
+        .bind(key)
+        .fetch_one(conn)
+        .await
+}
+
+/// Asks for the owner's balance to be written to Clerk. One row per owner: a
+/// burst of changes coalesces into one write of the latest balance.
+pub async fn schedule_sync(conn: &mut PgConnection, owner_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO clerk_sync_queue (owner_id) VALUES ($1) \
+         ON CONFLICT (owner_id) DO UPDATE SET requested_at = clock_timestamp()",
+    )
+    .bind(owner_id)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}

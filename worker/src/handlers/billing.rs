@@ -1,0 +1,202 @@
+//! Clerk Billing events → credits (`SPEC.md` section 9.2).
+//!
+//! - `subscriptionItem.active`, and `subscriptionItem.updated` of an active
+//!   item (a renewal brings a new `period_start`): plan credits become the
+//!   plan's allotment for that period.
+//! - `paymentAttempt.updated` with status `paid`: each item whose plan is a
+//!   plan in the catalog is granted the same way (same idempotency key as the
+//!   item event, so the two never double up); each item whose plan is a pack
+//!   adds the pack's credits.
+//! - `subscriptionItem.canceled` changes nothing: access lasts to period end.
+//! - `subscriptionItem.ended` drops plan credits to the default plan's.
+//!
+//! Plans and packs not in the catalog are logged and change nothing.
+
+use shared::event::billing::{PaymentAttempt, SubscriptionItem};
+use sqlx::PgConnection;
+
+use super::{data, Applied, Event, HandlerError};
+use crate::credits::{
+    ledger::{self, Change, Entry, LedgerError, Outcome},
+    Catalog,
+};
+
+pub async fn subscription_item(
+    conn: &mut PgConnection,
+    event: &Event<'_>,
+    catalog: &Catalog,
+) -> Result<Applied, HandlerError> {
+    let item: SubscriptionItem = data(event)?;
+    let item_id = item.id.as_deref().ok_or_else(|| {
+        HandlerError::Malformed(format!("{} without an item id", event.event_type))
+    })?;
+    let owner = item.payer.owner().ok_or_else(|| {
+        HandlerError::Malformed(format!(
+            "{} without payer.user_id or payer.organization_id",
+            event.event_type
+        ))
+    })?;
+    let slug = item.plan.slug.as_deref().unwrap_or_default();
+    match event.event_type {
+        "subscriptionItem.active" | "subscriptionItem.updated" => {
+            if event.event_type == "subscriptionItem.updated"
+                && item.status.as_deref() != Some("active")
+            {
+                tracing::info!(webhook_id = event.webhook_id, item_id, status = ?item.status,
+                    "update of an item that is not active: no credits change");
+                return Ok(Applied::Unchanged);
+            }
+            let Some(credits) = catalog.plan(slug) else {
+                tracing::info!(
+                    webhook_id = event.webhook_id,
+                    plan = slug,
+                    "plan not in the catalog: no credits change"
+                );
+                return Ok(Applied::Unchanged);
+            };
+            let period_start = item.period_start.unwrap_or(0);
+            grant(conn, event, owner, slug, credits, item_id, period_start).await
+        }
+        "subscriptionItem.ended" => {
+            let fallback = catalog
+                .default_plan()
+                .map(|(slug, credits)| (slug.to_owned(), credits));
+            let entry = Entry {
+                owner_id: owner,
+                idempotency_key: ledger::plan_end_key(item_id),
+                webhook_id: Some(event.webhook_id),
+                actor: None,
+                change: Change::PlanEnd {
+                    item_id: item_id.to_owned(),
+                    fallback,
+                },
+            };
+            record(conn, event, &entry).await
+        }
+        _ => {
+            tracing::info!(
+                webhook_id = event.webhook_id,
+                item_id,
+                "{}: no credits change",
+                event.event_type
+            );
+            Ok(Applied::Unchanged)
+        }
+    }
+}
+
+pub async fn payment_attempt(
+    conn: &mut PgConnection,
+    event: &Event<'_>,
+    catalog: &Catalog,
+) -> Result<Applied, HandlerError> {
+    let attempt: PaymentAttempt = data(event)?;
+    if attempt.status.as_deref() != Some("paid") {
+        return Ok(Applied::Unchanged);
+    }
+    let attempt_id = attempt
+        .key()
+        .ok_or_else(|| HandlerError::Malformed("paid payment attempt without an id".to_owned()))?;
+    let mut applied = Applied::Unchanged;
+    for item in &attempt.subscription_items {
+        let owner = attempt
+            .payer
+            .owner()
+            .or(item.payer.owner())
+            .ok_or_else(|| {
+                HandlerError::Malformed(
+                    "paid payment attempt without payer.user_id or payer.organization_id"
+                        .to_owned(),
+                )
+            })?;
+        let Some(item_id) = item.id.as_deref() else {
+            tracing::warn!(
+                webhook_id = event.webhook_id,
+                attempt_id,
+                "payment attempt item without an id: skipped"
+            );
+            continue;
+        };
+        let slug = item.plan.slug.as_deref().unwrap_or_default();
+        let result = if let Some(credits) = catalog.pack(slug) {
+            let entry = Entry {
+                owner_id: owner,
+                idempotency_key: ledger::pack_key(attempt_id, item_id),
+                webhook_id: Some(event.webhook_id),
+                actor: None,
+                change: Change::AddPack { credits },
+            };
+            record(conn, event, &entry).await?
+        } else if let Some(credits) = catalog.plan(slug) {
+            grant(
+                conn,
+                event,
+                owner,
+                slug,
+                credits,
+                item_id,
+                item.period_start.unwrap_or(0),
+            )
+            .await?
+        } else {
+            tracing::info!(
+                webhook_id = event.webhook_id,
+                plan = slug,
+                "plan or pack not in the catalog: no credits change"
+            );
+            Applied::Unchanged
+        };
+        if result == Applied::Processed {
+            applied = Applied::Processed;
+        }
+    }
+    Ok(applied)
+}
+
+async fn grant(
+    conn: &mut PgConnection,
+    event: &Event<'_>,
+    owner: &str,
+    slug: &str,
+    credits: i32,
+    item_id: &str,
+    period_start: i64,
+) -> Result<Applied, HandlerError> {
+    let entry = Entry {
+        owner_id: owner,
+        idempotency_key: ledger::plan_key(item_id, period_start),
+        webhook_id: Some(event.webhook_id),
+        actor: None,
+        change: Change::PlanGrant {
+            slug: slug.to_owned(),
+            credits,
+            item_id: item_id.to_owned(),
+            period_start,
+        },
+    };
+    record(conn, event, &entry).await
+}
+
+async fn record(
+    conn: &mut PgConnection,
+    event: &Event<'_>,
+    entry: &Entry<'_>,
+) -> Result<Applied, HandlerError> {
+    match ledger::apply(conn, entry).await {
+        Ok(Outcome::Applied { delta, balance }) => {
+            tracing::info!(webhook_id = event.webhook_id, owner_id = entry.owner_id, key = %entry.idempotency_key,
+                delta, balance, "credits changed");
+            Ok(Applied::Processed)
+        }
+        Ok(Outcome::Duplicate) => {
+            tracing::info!(webhook_id = event.webhook_id, key = %entry.idempotency_key, "credits already applied");
+            Ok(Applied::Unchanged)
+        }
+        Ok(Outcome::Stale(why)) => {
+            tracing::info!(webhook_id = event.webhook_id, key = %entry.idempotency_key, why, "no credits change");
+            Ok(Applied::Unchanged)
+        }
+        Err(LedgerError::Database(e)) => Err(HandlerError::Database(e)),
+        Err(e) => Err(HandlerError::Malformed(e.to_string())),
+    }
+}
