@@ -6,6 +6,7 @@ pub mod config;
 pub mod metrics;
 pub mod relay;
 pub mod routes;
+pub mod store;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -28,6 +29,8 @@ pub struct AppState {
     /// Wakes the relay as soon as a new row is committed.
     pub relay_wakeup: Arc<Notify>,
     pub metrics: Arc<Metrics>,
+    /// Group commit of new events.
+    pub store: store::Store,
 }
 
 /// A bound, connected, migrated ingress, ready to run.
@@ -72,7 +75,9 @@ impl Ingress {
             poll_interval: settings.relay_poll_interval,
             metrics: metrics.clone(),
         };
+        let store = store::Store::start(pool.clone(), relay_wakeup.clone());
         let state = AppState {
+            store,
             pool,
             secrets: Arc::new(settings.secrets),
             max_body_bytes: settings.max_body_bytes,

@@ -4,7 +4,7 @@ use ingress::{config::Config, Ingress};
 #[tokio::main]
 async fn main() {
     let config = Config::parse();
-    shared::telemetry::init(&config.log);
+    let _telemetry = shared::telemetry::init(&config.log, "clerk-ingress");
     if let Err(error) = run(config).await {
         tracing::error!(error.message = %format!("{error:#}"), "ingress stopped");
         eprintln!("ingress: {error:#}");

@@ -1,67 +1,120 @@
-//! Counters of the ingress, rendered as Prometheus text on `/metrics`.
+//! The ingress's metrics, rendered as Prometheus text on `/metrics`.
 
-use std::{
-    fmt::Write as _,
-    sync::atomic::{AtomicU64, Ordering},
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
 };
+use std::sync::atomic::AtomicU64;
 
 use crate::routes::webhook::Outcome;
 
-/// Process-wide counters. Gauges that live in the database are read at scrape.
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Request latency buckets, in seconds: the interesting range is 1–50 ms.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0,
+];
+
 pub struct Metrics {
-    requests: [AtomicU64; Outcome::ALL.len()],
-    relay_published: AtomicU64,
-    relay_failures: AtomicU64,
+    registry: Registry,
+    requests: Family<OutcomeLabel, Counter>,
+    duration: Histogram,
+    relay_published: Counter,
+    relay_failures: Counter,
+    unpublished: Gauge,
+    oldest_unpublished: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "clerk_ingress_requests",
+            "Webhook requests by outcome",
+            requests.clone(),
+        );
+        let duration = Histogram::new(LATENCY_BUCKETS);
+        registry.register(
+            "clerk_ingress_request_duration_seconds",
+            "Time to answer a webhook request",
+            duration.clone(),
+        );
+        let relay_published = Counter::default();
+        registry.register(
+            "clerk_ingress_relay_published",
+            "Events the relay published with a broker confirm",
+            relay_published.clone(),
+        );
+        let relay_failures = Counter::default();
+        registry.register(
+            "clerk_ingress_relay_failures",
+            "Relay passes that failed to publish",
+            relay_failures.clone(),
+        );
+        let unpublished = Gauge::default();
+        registry.register(
+            "clerk_ingress_unpublished_events",
+            "Stored events the broker has not confirmed yet",
+            unpublished.clone(),
+        );
+        let oldest_unpublished = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "clerk_ingress_oldest_unpublished_age_seconds",
+            "Age of the oldest stored event the broker has not confirmed (0 when none)",
+            oldest_unpublished.clone(),
+        );
+        // Every outcome is shown from the start, at 0.
+        for outcome in Outcome::ALL {
+            let _ = requests.get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            });
+        }
+        Self {
+            registry,
+            requests,
+            duration,
+            relay_published,
+            relay_failures,
+            unpublished,
+            oldest_unpublished,
+        }
+    }
 }
 
 impl Metrics {
-    pub fn request(&self, outcome: Outcome) {
-        self.requests[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    /// One request ended with `outcome` after `seconds`.
+    pub fn request(&self, outcome: Outcome, seconds: f64) {
+        self.requests
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.duration.observe(seconds);
     }
 
     pub fn relay_published(&self, count: u64) {
-        self.relay_published.fetch_add(count, Ordering::Relaxed);
+        self.relay_published.inc_by(count);
     }
 
     pub fn relay_failure(&self) {
-        self.relay_failures.fetch_add(1, Ordering::Relaxed);
+        self.relay_failures.inc();
     }
 
-    /// Prometheus text exposition; `unpublished` is `None` when the database
-    /// could not be asked.
-    pub fn render(&self, unpublished: Option<i64>) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP clerk_ingress_requests_total Webhook requests by outcome.\n");
-        out.push_str("# TYPE clerk_ingress_requests_total counter\n");
-        for outcome in Outcome::ALL {
-            let value = self.requests[outcome as usize].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "clerk_ingress_requests_total{{outcome=\"{}\"}} {value}",
-                outcome.as_str()
-            );
+    /// Prometheus text; `unpublished` is `(rows, oldest age in seconds)` when
+    /// the database could be asked.
+    pub fn render(&self, unpublished: Option<(i64, f64)>) -> String {
+        if let Some((rows, oldest)) = unpublished {
+            self.unpublished.set(rows);
+            self.oldest_unpublished.set(oldest);
         }
-        out.push_str("# HELP clerk_ingress_relay_published_total Events the relay published with a broker confirm.\n");
-        out.push_str("# TYPE clerk_ingress_relay_published_total counter\n");
-        let _ = writeln!(
-            out,
-            "clerk_ingress_relay_published_total {}",
-            self.relay_published.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP clerk_ingress_relay_failures_total Relay passes that failed to publish.\n",
-        );
-        out.push_str("# TYPE clerk_ingress_relay_failures_total counter\n");
-        let _ = writeln!(
-            out,
-            "clerk_ingress_relay_failures_total {}",
-            self.relay_failures.load(Ordering::Relaxed)
-        );
-        if let Some(rows) = unpublished {
-            out.push_str("# HELP clerk_ingress_unpublished_events Stored events the broker has not confirmed yet.\n");
-            out.push_str("# TYPE clerk_ingress_unpublished_events gauge\n");
-            let _ = writeln!(out, "clerk_ingress_unpublished_events {rows}");
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
         }
         out
     }

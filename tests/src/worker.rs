@@ -31,6 +31,7 @@ pub fn settings(database_url: String, amqp_url: String, prefix: String) -> Setti
         retry_base_delay: Duration::from_millis(50),
         retry_max_delay: Duration::from_millis(500),
         drain_timeout: Duration::from_secs(10),
+        gauge_interval: Duration::from_millis(200),
         catalog: worker::credits::Catalog::default(),
         clerk: None,
     }

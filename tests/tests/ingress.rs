@@ -592,3 +592,54 @@ async fn header_values_with_bytes_outside_ascii_answer_400_without_panicking() {
     assert_eq!(w.ingress.get("/healthz").await.0, StatusCode::OK);
     assert_eq!(stored_rows(&w.db).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_deliveries_share_commits_and_each_answer_follows_its_own_commit() {
+    let w = world().await;
+    let distinct: Vec<Delivery> = (0..120)
+        .map(|i| Delivery::signed(&w.ingress.secret, user_created(&format!("user_gc_{i}"))))
+        .collect();
+    // Copies of the first 30 in the same burst, and one body jsonb refuses.
+    let mut burst: Vec<Delivery> = distinct
+        .iter()
+        .chain(distinct.iter().take(30))
+        .cloned()
+        .collect();
+    let unstorable = Delivery::signed(
+        &w.ingress.secret,
+        b"{\"type\":\"user.created\",\"data\":{\"x\":\"\\u0000\"}}".to_vec(),
+    );
+    burst.push(unstorable.clone());
+
+    let answers = futures_util::future::join_all(burst.iter().map(|delivery| async {
+        let (status, body) = w.ingress.post(delivery).await;
+        // Whatever answered 200 must already be committed.
+        let committed: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM webhook_events WHERE webhook_id = $1)",
+        )
+        .bind(&delivery.id)
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+        (delivery.id.clone(), status, body, committed)
+    }))
+    .await;
+
+    for (id, status, body, committed) in &answers {
+        if *id == unstorable.id {
+            assert_eq!(*status, StatusCode::BAD_REQUEST);
+            assert_eq!(body["error"], "invalid_payload");
+            assert!(!committed);
+        } else {
+            assert_eq!(*status, StatusCode::OK, "{body}");
+            assert!(committed, "{id} answered {body} before its commit");
+        }
+    }
+    let oks = answers.iter().filter(|a| a.2["status"] == "ok").count();
+    let duplicates = answers
+        .iter()
+        .filter(|a| a.2["status"] == "duplicate")
+        .count();
+    assert_eq!((oks, duplicates), (120, 30));
+    assert_eq!(stored_rows(&w.db).await, 120);
+}

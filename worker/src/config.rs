@@ -250,6 +250,8 @@ pub struct Settings {
     pub retry_max_delay: Duration,
     /// How long shutdown waits for in-flight deliveries.
     pub drain_timeout: Duration,
+    /// How often the gauges kept outside the process are read.
+    pub gauge_interval: Duration,
     /// The plan catalog; empty when `CREDIT_PLANS` is not set.
     pub catalog: Catalog,
     /// The Backend API, when `CLERK_SECRET_KEY` is set.
@@ -307,6 +309,7 @@ impl Config {
             retry_base_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(25),
+            gauge_interval: Duration::from_secs(15),
             catalog,
             clerk: self.clerk()?,
         })

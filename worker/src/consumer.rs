@@ -92,10 +92,15 @@ struct Row {
     status: String,
     attempts: i32,
     last_error: Option<String>,
+    received_at: time::OffsetDateTime,
 }
 
 enum Attempt {
-    Done(Applied),
+    Done {
+        applied: Applied,
+        /// When the ingress received the event.
+        received_at: time::OffsetDateTime,
+    },
     AlreadyProcessed,
     /// The row says an earlier run dead-lettered it but the ack was lost.
     AlreadyDead {
@@ -107,6 +112,19 @@ enum Attempt {
 /// Handles one delivery to the end: acked, dead-lettered, or (on shutdown
 /// during a retry wait) returned to the queue.
 pub async fn handle(ctx: &Context, delivery: Delivery) {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "event.process",
+        event_type = %delivery.routing_key,
+        webhook_id = delivery.properties.message_id().as_ref().map(|id| id.as_str()).unwrap_or_default(),
+    );
+    if let Some(traceparent) = header(&delivery, shared::amqp::HEADER_TRACEPARENT) {
+        shared::telemetry::set_remote_parent(&span, &traceparent);
+    }
+    handle_delivery(ctx, delivery).instrument(span).await;
+}
+
+async fn handle_delivery(ctx: &Context, delivery: Delivery) {
     let started = std::time::Instant::now();
     let Some(webhook_id) = delivery
         .properties
@@ -124,13 +142,19 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
     loop {
         let result = attempt(ctx, &webhook_id, &delivery).await;
         match result {
-            Ok(Attempt::Done(applied)) => {
+            Ok(Attempt::Done {
+                applied,
+                received_at,
+            }) => {
                 ack(&delivery).await;
                 if applied == Applied::Processed {
                     ctx.sync_wakeup.notify_one();
                 }
-                ctx.metrics
-                    .event(&type_hint, applied.outcome(), started.elapsed());
+                ctx.metrics.event(&type_hint, applied.outcome());
+                ctx.metrics.latency(
+                    &type_hint,
+                    (time::OffsetDateTime::now_utc() - received_at).as_seconds_f64(),
+                );
                 tracing::info!(
                     webhook_id,
                     event_type = %type_hint,
@@ -142,8 +166,7 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
             }
             Ok(Attempt::AlreadyProcessed) => {
                 ack(&delivery).await;
-                ctx.metrics
-                    .event(&type_hint, "duplicate", started.elapsed());
+                ctx.metrics.event(&type_hint, "duplicate");
                 tracing::info!(webhook_id, event_type = %type_hint, outcome = "duplicate", "event already processed");
                 return;
             }
@@ -243,7 +266,10 @@ async fn attempt(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(Attempt::Done(applied))
+    Ok(Attempt::Done {
+        applied,
+        received_at: row.received_at,
+    })
 }
 
 async fn lock_row(
@@ -251,7 +277,7 @@ async fn lock_row(
     webhook_id: &str,
 ) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT event_type, payload, processed_at, status, attempts, last_error \
+        "SELECT event_type, payload, processed_at, status, attempts, last_error, received_at \
          FROM webhook_events WHERE webhook_id = $1 FOR UPDATE",
     )
     .bind(webhook_id)
@@ -338,11 +364,7 @@ async fn dead_letter(
     match ctx.publisher.dead_letter(&letter).await {
         Ok(()) => {
             ack(delivery).await;
-            ctx.metrics.event(
-                delivery.routing_key.as_str(),
-                "dead_lettered",
-                Duration::ZERO,
-            );
+            ctx.metrics.dead_lettered(delivery.routing_key.as_str());
         }
         Err(error) => {
             tracing::error!(webhook_id, error.message = %error,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod consumer;
 pub mod credits;
 pub mod dlq;
+pub mod gauges;
 pub mod handlers;
 pub mod metrics;
 pub mod ops;
@@ -141,6 +142,16 @@ impl Worker {
                 .await
         });
         let syncer = self.start_clerk_sync(&shutdown)?;
+        let gauges = tokio::spawn(
+            gauges::Gauges {
+                pool: self.pool.clone(),
+                amqp_url: self.settings.amqp_url.clone(),
+                names: self.names.clone(),
+                metrics: self.metrics.clone(),
+                interval: self.settings.gauge_interval,
+            }
+            .run(shutdown.clone()),
+        );
         let context = self.context(
             Publisher::open(&first_connection, &self.names).await?,
             &shutdown,
@@ -156,7 +167,7 @@ impl Worker {
                 },
             };
             let consumed = self.consume(&conn, context, &shutdown).await;
-            self.broker_connected.store(false, Ordering::SeqCst);
+            self.set_broker_connected(false);
             let _ = conn.close(200, "worker stopping".into()).await;
             match consumed {
                 Ok(()) => break,
@@ -173,12 +184,18 @@ impl Worker {
         if let Some(syncer) = syncer {
             let _ = syncer.await;
         }
+        let _ = gauges.await;
         self.pool.close().await;
         if let Ok(Err(error)) = ops.await {
             tracing::warn!(error.message = %error, "ops listener failed");
         }
         tracing::info!("worker stopped");
         Ok(())
+    }
+
+    fn set_broker_connected(&self, connected: bool) {
+        self.broker_connected.store(connected, Ordering::SeqCst);
+        self.metrics.broker_connected.set(i64::from(connected));
     }
 
     /// Starts the Clerk metadata sync, or says once that it is off.
@@ -276,7 +293,7 @@ impl Worker {
             )
             .await
             .map_err(protocol("basic.consume"))?;
-        self.broker_connected.store(true, Ordering::SeqCst);
+        self.set_broker_connected(true);
         tracing::info!(
             queue = %self.names.worker_queue,
             concurrency = self.settings.concurrency,

@@ -44,7 +44,7 @@ fn main() {
 }
 
 async fn dispatch(config: &Config, command: Command) {
-    shared::telemetry::init(&config.log);
+    let _telemetry = shared::telemetry::init(&config.log, "clerk-worker");
     let result = match &command {
         Command::Run => run(config).await,
         Command::Dlq {

@@ -1,77 +1,186 @@
-//! Counters of the worker, rendered as Prometheus text on `/metrics`.
+//! The worker's metrics, rendered as Prometheus text on `/metrics`. Counters
+//! are updated as events flow; gauges that live in the database or the broker
+//! are refreshed by [`crate::gauges`] on an interval.
 
-use std::{collections::BTreeMap, fmt::Write as _, sync::Mutex, time::Duration};
+use std::sync::atomic::AtomicU64;
 
-#[derive(Default)]
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event_type: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    event_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// Receipt-to-commit buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
 pub struct Metrics {
-    events: Mutex<BTreeMap<(String, &'static str), u64>>,
-    retries: Mutex<BTreeMap<String, u64>>,
-    clerk_sync: Mutex<BTreeMap<&'static str, u64>>,
+    registry: Registry,
+    events: Family<EventLabels, Counter>,
+    latency: Family<TypeLabel, Histogram, fn() -> Histogram>,
+    retries: Family<TypeLabel, Counter>,
+    dead_lettered: Family<TypeLabel, Counter>,
+    clerk_sync: Family<OutcomeLabel, Counter>,
+    pub dlq_messages: Gauge,
+    pub broker_connected: Gauge,
+    pub clerk_sync_pending: Gauge,
+    pub clerk_sync_oldest_pending: Gauge<f64, AtomicU64>,
+    pub zero_balance_accounts: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "clerk_worker_events",
+            "Events by type and outcome",
+            events.clone(),
+        );
+        let latency = Family::<TypeLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "clerk_worker_event_latency_seconds",
+            "Time from receipt by the ingress to the worker's commit",
+            latency.clone(),
+        );
+        let retries = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "clerk_worker_retries",
+            "Failed attempts that will be retried",
+            retries.clone(),
+        );
+        let dead_lettered = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "clerk_worker_dead_lettered",
+            "Events sent to the dead-letter queue",
+            dead_lettered.clone(),
+        );
+        let clerk_sync = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "clerk_worker_clerk_sync",
+            "Clerk metadata writes by outcome",
+            clerk_sync.clone(),
+        );
+        let dlq_messages = Gauge::default();
+        registry.register(
+            "clerk_worker_dlq_messages",
+            "Messages in the dead-letter queue",
+            dlq_messages.clone(),
+        );
+        let broker_connected = Gauge::default();
+        registry.register(
+            "clerk_worker_broker_connected",
+            "1 while the consumer holds a RabbitMQ connection",
+            broker_connected.clone(),
+        );
+        let clerk_sync_pending = Gauge::default();
+        registry.register(
+            "clerk_worker_clerk_sync_pending",
+            "Balances waiting to be written to Clerk",
+            clerk_sync_pending.clone(),
+        );
+        let clerk_sync_oldest_pending = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "clerk_worker_clerk_sync_oldest_pending_age_seconds",
+            "Age of the oldest balance waiting to be written to Clerk (0 when none)",
+            clerk_sync_oldest_pending.clone(),
+        );
+        let zero_balance_accounts = Gauge::default();
+        registry.register(
+            "clerk_worker_credit_accounts_zero_balance",
+            "Credit accounts with a zero balance",
+            zero_balance_accounts.clone(),
+        );
+        Self {
+            registry,
+            events,
+            latency,
+            retries,
+            dead_lettered,
+            clerk_sync,
+            dlq_messages,
+            broker_connected,
+            clerk_sync_pending,
+            clerk_sync_oldest_pending,
+            zero_balance_accounts,
+        }
+    }
 }
 
 impl Metrics {
     /// One event reached an outcome.
-    pub fn event(&self, event_type: &str, outcome: &'static str, _elapsed: Duration) {
-        if let Ok(mut events) = self.events.lock() {
-            *events.entry((event_type.to_owned(), outcome)).or_default() += 1;
-        }
+    pub fn event(&self, event_type: &str, outcome: &'static str) {
+        self.events
+            .get_or_create(&EventLabels {
+                event_type: event_type.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// An event was committed `seconds` after the ingress received it.
+    pub fn latency(&self, event_type: &str, seconds: f64) {
+        self.latency
+            .get_or_create(&TypeLabel {
+                event_type: event_type.to_owned(),
+            })
+            .observe(seconds.max(0.0));
     }
 
     /// One failed attempt will be retried.
     pub fn retry(&self, event_type: &str) {
-        if let Ok(mut retries) = self.retries.lock() {
-            *retries.entry(event_type.to_owned()).or_default() += 1;
-        }
+        self.retries
+            .get_or_create(&TypeLabel {
+                event_type: event_type.to_owned(),
+            })
+            .inc();
+    }
+
+    /// One event went to the dead-letter queue.
+    pub fn dead_lettered(&self, event_type: &str) {
+        self.dead_lettered
+            .get_or_create(&TypeLabel {
+                event_type: event_type.to_owned(),
+            })
+            .inc();
+        self.event(event_type, "dead_lettered");
     }
 
     /// One Clerk metadata write ended with `outcome`.
     pub fn clerk_sync(&self, outcome: &'static str) {
-        if let Ok(mut sync) = self.clerk_sync.lock() {
-            *sync.entry(outcome).or_default() += 1;
-        }
+        self.clerk_sync
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP clerk_worker_events_total Events by type and outcome.\n");
-        out.push_str("# TYPE clerk_worker_events_total counter\n");
-        if let Ok(events) = self.events.lock() {
-            for ((event_type, outcome), value) in events.iter() {
-                let _ = writeln!(
-                    out,
-                    "clerk_worker_events_total{{event_type=\"{}\",outcome=\"{outcome}\"}} {value}",
-                    escape(event_type)
-                );
-            }
-        }
-        out.push_str("# HELP clerk_worker_retries_total Failed attempts that will be retried.\n");
-        out.push_str("# TYPE clerk_worker_retries_total counter\n");
-        if let Ok(retries) = self.retries.lock() {
-            for (event_type, value) in retries.iter() {
-                let _ = writeln!(
-                    out,
-                    "clerk_worker_retries_total{{event_type=\"{}\"}} {value}",
-                    escape(event_type)
-                );
-            }
-        }
-        out.push_str("# HELP clerk_worker_clerk_sync_total Clerk metadata writes by outcome.\n");
-        out.push_str("# TYPE clerk_worker_clerk_sync_total counter\n");
-        if let Ok(sync) = self.clerk_sync.lock() {
-            for (outcome, value) in sync.iter() {
-                let _ = writeln!(
-                    out,
-                    "clerk_worker_clerk_sync_total{{outcome=\"{outcome}\"}} {value}"
-                );
-            }
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
         }
         out
     }
-}
-
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

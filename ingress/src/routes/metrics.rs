@@ -11,8 +11,9 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     let unpublished = tokio::time::timeout(
         QUERY_TIMEOUT,
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM webhook_events WHERE published_at IS NULL",
+        sqlx::query_as::<_, (i64, f64)>(
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(received_at)), 0)::float8 \
+             FROM webhook_events WHERE published_at IS NULL",
         )
         .fetch_one(&state.pool),
     )

@@ -19,7 +19,10 @@ use shared::{
     svix::{SignedRequest, VerifyError},
 };
 
-use crate::AppState;
+use crate::{
+    store::{NewEvent, StoreError, Stored},
+    AppState,
+};
 
 /// How a request ended; one label value of the requests metric each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,14 +71,12 @@ pub enum WebhookError {
     Verify(#[from] VerifyError),
     #[error("verified body is not a Clerk event: {0}")]
     Payload(#[from] PayloadError),
-    #[error("the database cannot store this body as JSON")]
-    Unstorable,
     #[error("body larger than {limit} bytes")]
     TooLarge { limit: usize },
     #[error("reading the request body failed")]
     UnreadableBody,
-    #[error("storing the event failed: {0}")]
-    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl WebhookError {
@@ -90,11 +91,11 @@ impl WebhookError {
                 | VerifyError::TimestampTooNew,
             ) => Outcome::InvalidTimestamp,
             WebhookError::Verify(VerifyError::InvalidSignature) => Outcome::InvalidSignature,
-            WebhookError::Payload(_) | WebhookError::Unstorable | WebhookError::UnreadableBody => {
-                Outcome::InvalidPayload
-            }
+            WebhookError::Payload(_)
+            | WebhookError::Store(StoreError::Unstorable)
+            | WebhookError::UnreadableBody => Outcome::InvalidPayload,
             WebhookError::TooLarge { .. } => Outcome::PayloadTooLarge,
-            WebhookError::Database(_) => Outcome::Internal,
+            WebhookError::Store(_) => Outcome::Internal,
         }
     }
 
@@ -119,13 +120,15 @@ impl IntoResponse for WebhookError {
     }
 }
 
+#[tracing::instrument(name = "webhook.receive", skip_all)]
 pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let result = accept(&state, &headers, body).await;
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let elapsed_ms = elapsed * 1000.0;
     match result {
         Ok(accepted) => {
-            state.metrics.request(accepted.outcome);
+            state.metrics.request(accepted.outcome, elapsed);
             tracing::info!(
                 webhook_id = %accepted.webhook_id,
                 event_type = %accepted.event_type,
@@ -141,7 +144,7 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
         }
         Err(error) => {
             let outcome = error.outcome();
-            state.metrics.request(outcome);
+            state.metrics.request(outcome, elapsed);
             if outcome == Outcome::Internal {
                 tracing::error!(
                     outcome = outcome.as_str(),
@@ -186,45 +189,25 @@ async fn accept(
     // event_type() parsed the body as JSON, which guarantees valid UTF-8.
     let text = std::str::from_utf8(&body).map_err(|_| PayloadError::NotAnObject)?;
 
-    let inserted = sqlx::query_scalar::<_, i64>(
-        "INSERT INTO webhook_events (webhook_id, event_type, payload, raw_body, traceparent) \
-         VALUES ($1, $2, $3::jsonb, $4, $5) \
-         ON CONFLICT (webhook_id) DO NOTHING RETURNING id",
-    )
-    .bind(&verified.id)
-    .bind(&event_type)
-    .bind(text)
-    .bind(body.as_ref())
-    .bind(shared::telemetry::new_traceparent())
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(classify_insert_error)?;
-
-    let outcome = if inserted.is_some() {
-        state.relay_wakeup.notify_one();
-        Outcome::Ok
-    } else {
-        Outcome::Duplicate
+    let stored = state
+        .store
+        .store(NewEvent {
+            webhook_id: verified.id.clone(),
+            event_type: event_type.clone(),
+            text: text.to_owned(),
+            raw_body: body.clone(),
+            traceparent: shared::telemetry::current_traceparent(),
+        })
+        .await?;
+    let outcome = match stored {
+        Stored::New => Outcome::Ok,
+        Stored::Duplicate => Outcome::Duplicate,
     };
     Ok(Accepted {
         webhook_id: verified.id,
         event_type,
         outcome,
     })
-}
-
-/// JSON that serde accepts but PostgreSQL's jsonb does not (a `\u0000` escape)
-/// is the sender's problem, not an outage.
-fn classify_insert_error(error: sqlx::Error) -> WebhookError {
-    let unstorable = error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "22P05" || code == "22P02");
-    if unstorable {
-        WebhookError::Unstorable
-    } else {
-        WebhookError::Database(error)
-    }
 }
 
 /// The `svix-*` header, or its Standard Webhooks `webhook-*` twin.

@@ -1,0 +1,216 @@
+//! Group commit: concurrent requests share one multi-row INSERT and one
+//! commit, and each is answered only once its own row is committed.
+//!
+//! Requests queue their verified events on a channel. A few writer tasks each
+//! take whatever is waiting (up to [`MAX_BATCH`]), insert it in one statement
+//! (`ON CONFLICT (webhook_id) DO NOTHING`) and reply to every request of the
+//! batch. There is no timer: under light load a batch holds one event and is
+//! written at once; under heavy load events gather while the previous commit
+//! is in flight. Copies of one svix-id inside a batch are answered like copies
+//! across batches: the first is stored, the others are duplicates.
+
+use std::{collections::HashSet, sync::Arc};
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
+
+/// Events written by one statement at most.
+pub const MAX_BATCH: usize = 256;
+/// Writer tasks: statements in flight at once.
+pub const WRITERS: usize = 4;
+/// Events waiting for a writer before new requests wait for room.
+const QUEUE: usize = 4096;
+
+/// A verified event to store.
+pub struct NewEvent {
+    pub webhook_id: String,
+    pub event_type: String,
+    /// The body as text (it parsed as JSON, so it is UTF-8).
+    pub text: String,
+    pub raw_body: bytes::Bytes,
+    pub traceparent: String,
+}
+
+/// How a store request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Committed now.
+    New,
+    /// The svix-id was already stored (or stored by an earlier copy of the batch).
+    Duplicate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database cannot store this body as JSON")]
+    Unstorable,
+    #[error("storing the event failed: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+struct Request {
+    event: NewEvent,
+    reply: oneshot::Sender<Result<Stored, StoreError>>,
+}
+
+/// The requests' side of the group commit.
+#[derive(Clone)]
+pub struct Store {
+    sender: mpsc::Sender<Request>,
+}
+
+impl Store {
+    /// Starts the writer tasks. They stop when every `Store` clone is dropped.
+    pub fn start(pool: PgPool, relay_wakeup: Arc<Notify>) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..WRITERS {
+            let writer = Writer {
+                pool: pool.clone(),
+                receiver: receiver.clone(),
+                relay_wakeup: relay_wakeup.clone(),
+            };
+            tokio::spawn(writer.run());
+        }
+        Self { sender }
+    }
+
+    /// Stores one event; returns once it is committed (or known).
+    pub async fn store(&self, event: NewEvent) -> Result<Stored, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Request { event, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+struct Writer {
+    pool: PgPool,
+    receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
+    relay_wakeup: Arc<Notify>,
+}
+
+impl Writer {
+    async fn run(self) {
+        loop {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            {
+                let mut receiver = self.receiver.lock().await;
+                if receiver.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                    return;
+                }
+            }
+            self.write(batch).await;
+        }
+    }
+
+    async fn write(&self, batch: Vec<Request>) {
+        // The first copy of each svix-id is inserted; later copies in the same
+        // batch are duplicates of it.
+        let mut seen = HashSet::with_capacity(batch.len());
+        let (firsts, copies): (Vec<Request>, Vec<Request>) = batch
+            .into_iter()
+            .partition(|r| seen.insert(r.event.webhook_id.clone()));
+        match insert(&self.pool, &firsts).await {
+            Ok(inserted) => {
+                if !inserted.is_empty() {
+                    self.relay_wakeup.notify_one();
+                }
+                for request in firsts {
+                    let outcome = if inserted.contains(&request.event.webhook_id) {
+                        Stored::New
+                    } else {
+                        Stored::Duplicate
+                    };
+                    let _ = request.reply.send(Ok(outcome));
+                }
+                for request in copies {
+                    let _ = request.reply.send(Ok(Stored::Duplicate));
+                }
+            }
+            Err(error) if is_unstorable(&error) && firsts.len() + copies.len() > 1 => {
+                // One body PostgreSQL refuses must not fail the others: write
+                // this batch one event at a time.
+                for request in firsts.into_iter().chain(copies) {
+                    let result = insert(&self.pool, std::slice::from_ref(&request))
+                        .await
+                        .map(|inserted| {
+                            if inserted.is_empty() {
+                                Stored::Duplicate
+                            } else {
+                                self.relay_wakeup.notify_one();
+                                Stored::New
+                            }
+                        })
+                        .map_err(classify);
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(error) => {
+                let unstorable = is_unstorable(&error);
+                let message = error.to_string();
+                for request in firsts.into_iter().chain(copies) {
+                    let answer = if unstorable {
+                        StoreError::Unstorable
+                    } else {
+                        StoreError::Database(sqlx::Error::Protocol(message.clone()))
+                    };
+                    let _ = request.reply.send(Err(answer));
+                }
+            }
+        }
+    }
+}
+
+/// Inserts the batch in one statement; returns the svix-ids it stored.
+async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<String>, sqlx::Error> {
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut types = Vec::with_capacity(batch.len());
+    let mut texts = Vec::with_capacity(batch.len());
+    let mut bodies = Vec::with_capacity(batch.len());
+    let mut traceparents = Vec::with_capacity(batch.len());
+    for request in batch {
+        let event = &request.event;
+        ids.push(event.webhook_id.as_str());
+        types.push(event.event_type.as_str());
+        texts.push(event.text.as_str());
+        bodies.push(event.raw_body.as_ref());
+        traceparents.push(event.traceparent.as_str());
+    }
+    let stored: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO webhook_events (webhook_id, event_type, payload, raw_body, traceparent) \
+         SELECT id, kind, text::jsonb, body, traceparent \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) \
+              AS batch(id, kind, text, body, traceparent) \
+         ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&texts)
+    .bind(&bodies)
+    .bind(&traceparents)
+    .fetch_all(pool)
+    .await?;
+    Ok(stored.into_iter().collect())
+}
+
+/// JSON that serde accepts but PostgreSQL's jsonb does not (a `\u0000`
+/// escape) is the sender's problem, not an outage.
+fn is_unstorable(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "22P05" || code == "22P02")
+}
+
+fn classify(error: sqlx::Error) -> StoreError {
+    if is_unstorable(&error) {
+        StoreError::Unstorable
+    } else {
+        StoreError::Database(error)
+    }
+}
