@@ -114,6 +114,31 @@ impl Default for Metrics {
             "Credit accounts with a zero balance",
             zero_balance_accounts.clone(),
         );
+        // The handled types' series exist from the start, at 0, so the first
+        // increment after a restart is visible to rate() and increase().
+        for event_type in shared::event::HANDLED_EVENT_TYPES {
+            for outcome in ["processed", "unchanged", "duplicate", "dead_lettered"] {
+                let _ = events.get_or_create(&EventLabels {
+                    event_type: (*event_type).to_owned(),
+                    outcome,
+                });
+            }
+            let label = TypeLabel {
+                event_type: (*event_type).to_owned(),
+            };
+            let _ = retries.get_or_create(&label);
+            let _ = dead_lettered.get_or_create(&label);
+        }
+        for outcome in [
+            "ok",
+            "rate_limited",
+            "server_error",
+            "unreachable",
+            "rejected",
+            "decode_error",
+        ] {
+            let _ = clerk_sync.get_or_create(&OutcomeLabel { outcome });
+        }
         Self {
             registry,
             events,

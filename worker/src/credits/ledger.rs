@@ -238,13 +238,18 @@ async fn key_used(conn: &mut PgConnection, key: &str) -> Result<bool, sqlx::Erro
 }
 
 /// Asks for the owner's balance to be written to Clerk. One row per owner: a
-/// burst of changes coalesces into one write of the latest balance.
+/// burst of changes coalesces into one write of the latest balance, and a new
+/// request is not due before [`crate::clerk_sync::MIN_INTERVAL`] after the
+/// last write.
 pub async fn schedule_sync(conn: &mut PgConnection, owner_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO clerk_sync_queue (owner_id) VALUES ($1) \
+        "INSERT INTO clerk_sync_queue (owner_id, due_at) \
+         SELECT $1, GREATEST(clock_timestamp(), \
+             (SELECT clerk_synced_at + make_interval(secs => $2) FROM credit_accounts WHERE owner_id = $1)) \
          ON CONFLICT (owner_id) DO UPDATE SET requested_at = clock_timestamp()",
     )
     .bind(owner_id)
+    .bind(crate::clerk_sync::MIN_INTERVAL.as_secs_f64())
     .execute(conn)
     .await
     .map(|_| ())
