@@ -31,9 +31,10 @@ pub struct Config {
     #[arg(
         long = "clerk-webhook-secret",
         env = "CLERK_WEBHOOK_SECRET",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = shared::config::parse_secret
     )]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: Option<Secret<String>>,
 
     /// Address the webhook listener binds.
     #[arg(long = "addr", env = "INGRESS_ADDR", default_value = "0.0.0.0:8080")]
@@ -41,7 +42,7 @@ pub struct Config {
 
     /// Bodies larger than this many bytes are refused with 413.
     #[arg(long = "max-body-bytes", env = "INGRESS_MAX_BODY_BYTES", default_value_t = 1_048_576,
-          value_parser = clap::value_parser!(u64).range(1..=64 * 1024 * 1024))]
+          value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
     pub max_body_bytes: u64,
 }
 
@@ -72,7 +73,11 @@ pub struct Settings {
 impl Config {
     /// Validates the configuration.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        let raw = self.webhook_secret.as_deref().unwrap_or_default();
+        let raw = self
+            .webhook_secret
+            .as_ref()
+            .map(|s| s.expose().as_str())
+            .unwrap_or_default();
         if raw.trim().is_empty() {
             return Err(ConfigError::MissingSecret);
         }

@@ -8,7 +8,7 @@ pub mod relay;
 pub mod routes;
 pub mod store;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{future::IntoFuture as _, net::SocketAddr, sync::Arc};
 
 use shared::{amqp::Names, svix::WebhookSecrets};
 use sqlx::PgPool;
@@ -16,6 +16,9 @@ use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, metrics::Metrics, relay::Relay};
+
+/// How long SIGTERM waits for requests in flight before the process stops.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Pool connections: request handlers plus the relay's one transaction.
 const MAX_DB_CONNECTIONS: u32 = 16;
@@ -104,10 +107,23 @@ impl Ingress {
         let relay_stop = CancellationToken::new();
         let relay = tokio::spawn(self.relay.run(relay_stop.clone()));
         let app = routes::router(self.state);
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        tracing::info!("requests drained");
+        let serve = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        };
+        let served = tokio::select! {
+            served = serve => {
+                tracing::info!("requests drained");
+                served
+            }
+            () = deadline => {
+                tracing::warn!(after = ?DRAIN_TIMEOUT, "requests still in flight at the drain deadline; stopping anyway");
+                Ok(())
+            }
+        };
         relay_stop.cancel();
         if let Err(e) = relay.await {
             tracing::error!(error.message = %e, "relay task failed");

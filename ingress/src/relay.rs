@@ -1,10 +1,11 @@
 //! Publishes committed events that the broker has not confirmed yet.
 //!
-//! Every stored event goes through here: the request handler only commits the
-//! row and wakes the relay. A pass claims the oldest unpublished rows with
-//! `FOR UPDATE SKIP LOCKED` (so several ingress replicas never publish the same
-//! row at once), publishes them, waits for the broker's confirms and marks the
-//! confirmed ones `published` in the same transaction. Rows whose publish
+//! Every stored event goes through here: the request handler commits the row
+//! together with an entry in `webhook_outbox`, and wakes the relay. A pass
+//! claims the oldest outbox entries with `FOR UPDATE SKIP LOCKED` (so several
+//! ingress replicas never publish the same row at once), publishes their
+//! events, waits for the broker's confirms and, in the same transaction,
+//! removes the confirmed entries and sets `published_at`. Rows whose publish
 //! failed stay unpublished and are retried with exponential backoff; the relay
 //! also polls, so rows left by a replica that stopped are picked up too.
 
@@ -132,8 +133,9 @@ impl Relay {
     async fn pass(&self, broker: &mut Option<Broker>) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Pending> = sqlx::query_as(
-            "SELECT id, webhook_id, event_type, raw_body, traceparent FROM webhook_events \
-             WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "SELECT e.id, e.webhook_id, e.event_type, e.raw_body, e.traceparent \
+             FROM webhook_outbox o JOIN webhook_events e ON e.id = o.event_id \
+             ORDER BY o.event_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
         )
         .bind(BATCH_SIZE)
         .fetch_all(&mut *tx)
@@ -178,9 +180,10 @@ impl Relay {
         }
         if !confirmed.is_empty() {
             sqlx::query(
-                "UPDATE webhook_events SET published_at = now(), \
+                "WITH done AS (DELETE FROM webhook_outbox WHERE event_id = ANY($1) RETURNING event_id) \
+                 UPDATE webhook_events SET published_at = now(), \
                  status = CASE WHEN status = 'received' THEN 'published' ELSE status END \
-                 WHERE id = ANY($1)",
+                 WHERE id IN (SELECT event_id FROM done)",
             )
             .bind(&confirmed)
             .execute(&mut *tx)

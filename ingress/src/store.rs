@@ -48,6 +48,8 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("the store is shutting down")]
     Closed,
+    #[error("the database did not commit in time")]
+    TimedOut,
 }
 
 struct Request {
@@ -112,9 +114,12 @@ impl Writer {
         // The first copy of each svix-id is inserted; later copies in the same
         // batch are duplicates of it.
         let mut seen = HashSet::with_capacity(batch.len());
-        let (firsts, copies): (Vec<Request>, Vec<Request>) = batch
+        let (mut firsts, copies): (Vec<Request>, Vec<Request>) = batch
             .into_iter()
             .partition(|r| seen.insert(r.event.webhook_id.clone()));
+        // Concurrent batches take their unique-index locks in the same order,
+        // so two batches holding the same svix-ids cannot deadlock.
+        firsts.sort_by(|a, b| a.event.webhook_id.cmp(&b.event.webhook_id));
         match insert(&self.pool, &firsts).await {
             Ok(inserted) => {
                 if !inserted.is_empty() {
@@ -182,11 +187,14 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<String>, sql
         traceparents.push(event.traceparent.as_str());
     }
     let stored: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO webhook_events (webhook_id, event_type, payload, raw_body, traceparent) \
-         SELECT id, kind, text::jsonb, body, traceparent \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) \
-              AS batch(id, kind, text, body, traceparent) \
-         ON CONFLICT (webhook_id) DO NOTHING RETURNING webhook_id",
+        "WITH stored AS (\
+             INSERT INTO webhook_events (webhook_id, event_type, payload, raw_body, traceparent) \
+             SELECT id, kind, text::jsonb, body, traceparent \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) \
+                  AS batch(id, kind, text, body, traceparent) \
+             ON CONFLICT (webhook_id) DO NOTHING RETURNING id, webhook_id), \
+         queued AS (INSERT INTO webhook_outbox (event_id) SELECT id FROM stored) \
+         SELECT webhook_id FROM stored",
     )
     .bind(&ids)
     .bind(&types)

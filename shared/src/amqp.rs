@@ -20,6 +20,13 @@ use crate::secret::{redact_url, Secret};
 /// The worker's own retry budget (`WORKER_MAX_ATTEMPTS`) is far below it.
 pub const DELIVERY_LIMIT: i64 = 20;
 
+/// The dead-letter queue's delivery limit: out of reach, so that listing it
+/// (which returns every message) can never make RabbitMQ drop a dead letter.
+pub const DLQ_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
+/// How long connecting to the broker may take before it counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a batch of publishes may wait for the broker's confirms.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,6 +78,14 @@ pub enum AmqpError {
         #[source]
         source: lapin::Error,
     },
+    /// Connecting took too long.
+    #[error("RabbitMQ at {url} did not answer within {after:?}")]
+    ConnectTimeout {
+        /// The URL with its password hidden.
+        url: String,
+        /// The time limit.
+        after: Duration,
+    },
     /// A protocol operation failed.
     #[error("RabbitMQ {operation} failed: {source}")]
     Protocol {
@@ -98,12 +113,21 @@ fn protocol(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
 /// Opens a connection named after the process, for the broker's management view.
 pub async fn connect(url: &Secret<String>, name: &str) -> Result<Connection, AmqpError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url.expose(), properties)
-        .await
-        .map_err(|source| AmqpError::Connect {
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        Connection::connect(url.expose(), properties),
+    )
+    .await
+    {
+        Ok(result) => result.map_err(|source| AmqpError::Connect {
             url: redact_url(url.expose()),
             source,
-        })
+        }),
+        Err(_) => Err(AmqpError::ConnectTimeout {
+            url: redact_url(url.expose()),
+            after: CONNECT_TIMEOUT,
+        }),
+    }
 }
 
 /// Declares every exchange, queue and binding; idempotent.
@@ -130,6 +154,13 @@ pub async fn declare_topology(channel: &Channel, names: &Names) -> Result<(), Am
 
     let mut dlq_args = FieldTable::default();
     dlq_args.insert("x-queue-type".into(), long_string("quorum"));
+    // RabbitMQ 4 gives quorum queues a default delivery limit of 20 and drops
+    // what exceeds it when there is nowhere to dead-letter to. Listing the DLQ
+    // returns every message to it, so its limit must be out of reach.
+    dlq_args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DLQ_DELIVERY_LIMIT),
+    );
     channel
         .queue_declare(
             names.dead_letter_queue.as_str().into(),

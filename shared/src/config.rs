@@ -88,8 +88,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// clap value parser for a secret: wraps it so it cannot be printed.
 #[allow(clippy::unnecessary_wraps)] // clap's value_parser signature
-fn parse_secret(value: &str) -> Result<Secret<String>, String> {
+pub fn parse_secret(value: &str) -> Result<Secret<String>, String> {
     Ok(Secret::new(value.to_owned()))
 }
 

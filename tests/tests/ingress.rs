@@ -491,6 +491,10 @@ async fn two_replicas_publish_each_stored_row_exactly_once() {
         .unwrap();
     }
 
+    sqlx::query("INSERT INTO webhook_outbox (event_id) SELECT id FROM webhook_events")
+        .execute(&db.pool)
+        .await
+        .unwrap();
     let first = TestIngress::spawn(endpoints()).await;
     let second = TestIngress::spawn(endpoints()).await;
     wait_for(

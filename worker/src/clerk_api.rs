@@ -96,7 +96,7 @@ impl ClerkApi {
         check(response).await.map(|_| ())
     }
 
-    /// One page of `GET /users`, oldest first after `starting_after`.
+    /// One page of `GET /users` (newest first): the users after `starting_after`.
     pub async fn list_users(
         &self,
         limit: u32,

@@ -24,7 +24,8 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a claimed row is reserved for the claiming worker.
 const LEASE: Duration = Duration::from_secs(60);
 /// Rows claimed per pass.
-const BATCH: i64 = 20;
+/// Rows claimed per pass: their writes (10 s timeout each) fit well in the lease.
+const BATCH: i64 = 5;
 
 pub struct Syncer {
     pub pool: PgPool,
@@ -49,7 +50,7 @@ impl Syncer {
     pub async fn run(self, stop: CancellationToken) {
         tracing::info!("Clerk metadata sync enabled");
         while !stop.is_cancelled() {
-            let busy = match self.pass().await {
+            let busy = match self.pass(&stop).await {
                 Ok(claimed) => claimed as i64 == BATCH,
                 Err(error) => {
                     tracing::warn!(error.message = %error, "Clerk sync pass failed; retrying");
@@ -68,7 +69,7 @@ impl Syncer {
     }
 
     /// Claims due rows and writes each owner's current balance.
-    pub async fn pass(&self) -> Result<usize, sqlx::Error> {
+    pub async fn pass(&self, stop: &CancellationToken) -> Result<usize, sqlx::Error> {
         let claimed: Vec<Claimed> = sqlx::query_as(
             "UPDATE clerk_sync_queue SET due_at = clock_timestamp() + make_interval(secs => $2) \
              WHERE owner_id IN (SELECT owner_id FROM clerk_sync_queue WHERE due_at <= clock_timestamp() \
@@ -80,8 +81,22 @@ impl Syncer {
         .fetch_all(&self.pool)
         .await?;
         let count = claimed.len();
-        for row in claimed {
+        let mut rows = claimed.into_iter();
+        for row in rows.by_ref() {
             self.write(row).await?;
+            if stop.is_cancelled() {
+                break;
+            }
+        }
+        // On shutdown, hand back what was claimed but not written.
+        let left: Vec<String> = rows.map(|row| row.owner_id).collect();
+        if !left.is_empty() {
+            sqlx::query(
+                "UPDATE clerk_sync_queue SET due_at = clock_timestamp() WHERE owner_id = ANY($1)",
+            )
+            .bind(&left)
+            .execute(&self.pool)
+            .await?;
         }
         Ok(count)
     }

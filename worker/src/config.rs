@@ -55,9 +55,10 @@ pub struct Config {
         long = "clerk-secret-key",
         env = "CLERK_SECRET_KEY",
         hide_env_values = true,
-        global = true
+        global = true,
+        value_parser = shared::config::parse_secret
     )]
-    pub clerk_secret_key: Option<String>,
+    pub clerk_secret_key: Option<Secret<String>>,
 
     /// Path of the plan catalog (TOML); without it no billing event changes credits.
     #[arg(
@@ -284,8 +285,8 @@ impl Config {
         }
         Ok(self
             .clerk_secret_key
-            .as_deref()
-            .map(str::trim)
+            .as_ref()
+            .map(|key| key.expose().trim())
             .filter(|key| !key.is_empty())
             .map(|key| ClerkSettings {
                 api_url: self.clerk_api_url.clone(),

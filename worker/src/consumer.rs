@@ -69,9 +69,10 @@ fn classify_database(error: &sqlx::Error) -> Failure {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => Failure::Outage,
         sqlx::Error::Database(db) => match db.code().as_deref() {
-            // connection exceptions, operator intervention (shutdown), insufficient resources
+            // connection exceptions, the server shutting down, too many connections
             Some(code)
-                if code.starts_with("08") || code.starts_with("57") || code.starts_with("53") =>
+                if code.starts_with("08")
+                    || matches!(code, "57P01" | "57P02" | "57P03" | "53300") =>
             {
                 Failure::Outage
             }
@@ -190,7 +191,14 @@ async fn handle_delivery(ctx: &Context, delivery: Delivery) {
                 failure => {
                     let reason = error.to_string();
                     let attempts = match record_failure(ctx, &webhook_id, &reason, failure).await {
-                        Ok(attempts) => attempts,
+                        Ok(Some(attempts)) => attempts,
+                        Ok(None) => {
+                            ack(&delivery).await;
+                            ctx.metrics.event(&type_hint, "duplicate");
+                            tracing::info!(webhook_id, event_type = %type_hint, outcome = "duplicate",
+                                "a copy of the event committed while this one failed");
+                            return;
+                        }
                         Err(e) => {
                             // Could not even count it: treat as an outage.
                             let delay = outage_delays.next().unwrap_or(ctx.retry_max_delay);
@@ -319,26 +327,35 @@ async fn insert_from_message(
     Ok(())
 }
 
-/// Counts a failed attempt; returns the attempts so far.
+/// Counts a failed attempt; returns the attempts so far, or `None` when the
+/// event turns out to be processed already.
 async fn record_failure(
     ctx: &Context,
     webhook_id: &str,
     reason: &str,
     failure: Failure,
-) -> Result<i32, sqlx::Error> {
-    let attempts: Option<i32> = sqlx::query_scalar(
-        "UPDATE webhook_events SET attempts = attempts + 1, last_error = $2, \
-         status = CASE WHEN $3 OR attempts + 1 >= $4 THEN 'dead' ELSE 'failed' END \
-         WHERE webhook_id = $1 RETURNING attempts",
+) -> Result<Option<i32>, sqlx::Error> {
+    // A copy of the event may have committed meanwhile (two copies delivered at
+    // once): then the failure is moot and the row must keep its outcome.
+    let (attempts, processed): (Option<i32>, bool) = sqlx::query_as(
+        "WITH failed AS (\
+             UPDATE webhook_events SET attempts = attempts + 1, last_error = $2, \
+             status = CASE WHEN $3 OR attempts + 1 >= $4 THEN 'dead' ELSE 'failed' END \
+             WHERE webhook_id = $1 AND processed_at IS NULL RETURNING attempts) \
+         SELECT (SELECT attempts FROM failed), \
+                EXISTS (SELECT 1 FROM webhook_events WHERE webhook_id = $1 AND processed_at IS NOT NULL)",
     )
     .bind(webhook_id)
     .bind(reason)
     .bind(failure == Failure::Permanent)
     .bind(ctx.max_attempts as i32)
-    .fetch_optional(&ctx.pool)
+    .fetch_one(&ctx.pool)
     .await?;
+    if processed {
+        return Ok(None);
+    }
     // A message without a stored row has made one attempt.
-    Ok(attempts.unwrap_or(1))
+    Ok(Some(attempts.unwrap_or(1)))
 }
 
 /// Publishes the message to the dead-letter exchange with its attempts and

@@ -192,7 +192,8 @@ async fn replay_with(
             }
         }
         let reset: i64 = sqlx::query_scalar(
-            "WITH changed AS (\
+            "WITH dequeued AS (DELETE FROM webhook_outbox WHERE event_id = ANY($1)), \
+             changed AS (\
                  UPDATE webhook_events AS w SET \
                      status = CASE WHEN w.status IN ('dead', 'failed', 'received') \
                                    THEN 'published' ELSE w.status END, \

@@ -12,8 +12,8 @@ pub async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     let unpublished = tokio::time::timeout(
         QUERY_TIMEOUT,
         sqlx::query_as::<_, (i64, f64)>(
-            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(received_at)), 0)::float8 \
-             FROM webhook_events WHERE published_at IS NULL",
+            "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(e.received_at)), 0)::float8 \
+             FROM webhook_outbox o JOIN webhook_events e ON e.id = o.event_id",
         )
         .fetch_one(&state.pool),
     )

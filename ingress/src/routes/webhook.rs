@@ -19,6 +19,12 @@ use shared::{
     svix::{SignedRequest, VerifyError},
 };
 
+/// How long a client may take to send its body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a request may wait for its row to be committed before it answers
+/// 500 (Svix gives up after 15 s and retries).
+pub const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 use crate::{
     store::{NewEvent, StoreError, Stored},
     AppState,
@@ -75,6 +81,8 @@ pub enum WebhookError {
     TooLarge { limit: usize },
     #[error("reading the request body failed")]
     UnreadableBody,
+    #[error("the body did not arrive within {} s", BODY_TIMEOUT.as_secs())]
+    SlowBody,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -93,7 +101,8 @@ impl WebhookError {
             WebhookError::Verify(VerifyError::InvalidSignature) => Outcome::InvalidSignature,
             WebhookError::Payload(_)
             | WebhookError::Store(StoreError::Unstorable)
-            | WebhookError::UnreadableBody => Outcome::InvalidPayload,
+            | WebhookError::UnreadableBody
+            | WebhookError::SlowBody => Outcome::InvalidPayload,
             WebhookError::TooLarge { .. } => Outcome::PayloadTooLarge,
             WebhookError::Store(_) => Outcome::Internal,
         }
@@ -176,7 +185,9 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, WebhookError> {
-    let body = read_body(headers, body, state.max_body_bytes).await?;
+    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(headers, body, state.max_body_bytes))
+        .await
+        .map_err(|_| WebhookError::SlowBody)??;
     let request = SignedRequest {
         id: svix_header(headers, "svix-id", "webhook-id"),
         timestamp: svix_header(headers, "svix-timestamp", "webhook-timestamp"),
@@ -189,16 +200,16 @@ async fn accept(
     // event_type() parsed the body as JSON, which guarantees valid UTF-8.
     let text = std::str::from_utf8(&body).map_err(|_| PayloadError::NotAnObject)?;
 
-    let stored = state
-        .store
-        .store(NewEvent {
-            webhook_id: verified.id.clone(),
-            event_type: event_type.clone(),
-            text: text.to_owned(),
-            raw_body: body.clone(),
-            traceparent: shared::telemetry::current_traceparent(),
-        })
-        .await?;
+    let store = state.store.store(NewEvent {
+        webhook_id: verified.id.clone(),
+        event_type: event_type.clone(),
+        text: text.to_owned(),
+        raw_body: body.clone(),
+        traceparent: shared::telemetry::current_traceparent(),
+    });
+    let stored = tokio::time::timeout(STORE_TIMEOUT, store)
+        .await
+        .map_err(|_| StoreError::TimedOut)??;
     let outcome = match stored {
         Stored::New => Outcome::Ok,
         Stored::Duplicate => Outcome::Duplicate,

@@ -140,11 +140,21 @@ pub async fn apply(conn: &mut PgConnection, entry: &Entry<'_>) -> Result<Outcome
             (i64::from(*credits), pack)
         }
         Change::PlanEnd { item_id, fallback } => {
-            if account
-                .plan_item_id
-                .as_deref()
-                .is_some_and(|current| current != item_id)
-            {
+            if account.plan_item_id.as_deref() != Some(item_id.as_str()) {
+                // Not the item the plan credits come from (replaced by an
+                // upgrade or downgrade, or never granted): the balance stays,
+                // but the end is recorded so a late start of this item cannot
+                // grant its plan afterwards.
+                sqlx::query(
+                    "INSERT INTO credit_ledger (owner_id, delta, reason, idempotency_key, webhook_id, actor) \
+                     VALUES ($1, 0, 'plan_end', $2, $3, $4)",
+                )
+                .bind(entry.owner_id)
+                .bind(&entry.idempotency_key)
+                .bind(entry.webhook_id)
+                .bind(entry.actor)
+                .execute(&mut *conn)
+                .await?;
                 return Ok(Outcome::Stale(
                     "the ended item is not the account's current plan",
                 ));
@@ -159,12 +169,15 @@ pub async fn apply(conn: &mut PgConnection, entry: &Entry<'_>) -> Result<Outcome
         Change::AddPack { credits } => (plan, pack + i64::from(*credits)),
         Change::Adjust { .. } | Change::SetBalance { .. } => {
             let delta = match &entry.change {
-                Change::SetBalance { target } => target - plan - pack,
-                Change::Adjust { delta } => *delta,
-                _ => 0,
-            };
+                Change::SetBalance { target } => target.checked_sub(plan + pack),
+                Change::Adjust { delta } => Some(*delta),
+                _ => Some(0),
+            }
+            .ok_or(LedgerError::Overflow)?;
             let delta = &delta;
-            let balance = plan + pack + delta;
+            let balance = (plan + pack)
+                .checked_add(*delta)
+                .ok_or(LedgerError::Overflow)?;
             if balance < 0 {
                 return Err(LedgerError::Negative(balance));
             }

@@ -72,7 +72,7 @@ async fn promote_next(
         .await?;
     let next: Option<(i64, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT id, user_id, email FROM memberships WHERE status = 'waitlisted' \
-         ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+         ORDER BY created_at, id LIMIT 1 FOR UPDATE",
     )
     .fetch_optional(&mut *conn)
     .await?;
