@@ -820,3 +820,57 @@ async fn without_a_secret_key_the_worker_says_once_that_the_clerk_sync_is_off() 
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_item_that_ended_before_it_was_ever_granted_cannot_be_granted_later() {
+    let mut w = World::new().await;
+
+    // The end of an item arrives before its start (events in any order).
+    w.send(&[
+        subscription_item(
+            "subscriptionItem.ended",
+            "csub_item_late",
+            "user_p",
+            "pro",
+            "ended",
+            Some(9),
+        ),
+        subscription_item(
+            "subscriptionItem.active",
+            "csub_item_late",
+            "user_p",
+            "pro",
+            "active",
+            Some(9),
+        ),
+    ])
+    .await;
+
+    assert_eq!(w.balance("user_p").await, 0);
+    assert_ledger_matches_balances(&w.db.pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_adjustment_beyond_the_balance_range_is_refused_without_panicking() {
+    let mut w = World::new().await;
+    w.send(&[user_event("user.created", "user_q", "q@example.org", 1000)])
+        .await;
+    let request = |target| Adjustment {
+        user_id: "user_q".to_owned(),
+        target,
+        reason: "typo".to_owned(),
+        actor: "ops".to_owned(),
+    };
+    adjust(&w.db.pool, &request(Target::Set(10))).await.unwrap();
+
+    let huge = adjust(&w.db.pool, &request(Target::Add(i64::MAX)))
+        .await
+        .unwrap_err();
+    let tiny = adjust(&w.db.pool, &request(Target::Set(i64::MIN)))
+        .await
+        .unwrap_err();
+
+    assert!(matches!(huge, AdjustError::Refused(_)), "{huge}");
+    assert!(matches!(tiny, AdjustError::Refused(_)), "{tiny}");
+    assert_eq!(w.balance("user_q").await, 10);
+}
