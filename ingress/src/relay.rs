@@ -26,6 +26,11 @@ use crate::metrics::Metrics;
 /// Rows claimed, published and marked in one transaction.
 pub const BATCH_SIZE: i64 = 256;
 
+/// After a pass that published something, how long the relay lets new rows
+/// gather before the next pass: the latency it adds is small next to the
+/// commits it saves when events keep coming.
+const LINGER: Duration = Duration::from_millis(20);
+
 /// How long the relay keeps trying to publish after shutdown was requested.
 const FINAL_PASS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -83,7 +88,18 @@ impl Relay {
                         continue;
                     }
                     tokio::select! {
-                        () = self.wakeup.notified() => {}
+                        () = self.wakeup.notified() => {
+                            // Let a busy ingress gather a few more rows: one
+                            // relay transaction for many events instead of one
+                            // each (fewer commits, less competition with the
+                            // requests' own commits).
+                            if published > 0 {
+                                tokio::select! {
+                                    () = tokio::time::sleep(LINGER) => {}
+                                    () = stop.cancelled() => {}
+                                }
+                            }
+                        }
                         () = tokio::time::sleep(self.poll_interval) => {}
                         () = stop.cancelled() => {}
                     }
