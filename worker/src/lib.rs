@@ -38,9 +38,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, consumer::Context, metrics::Metrics};
 
-/// Database connections per worker: one per delivery in flight, plus probes.
+/// Database connections per worker: one per delivery in flight, plus the
+/// Clerk sync, the gauges and the readiness probe.
 fn pool_size(concurrency: u16) -> u32 {
-    u32::from(concurrency) + 2
+    u32::from(concurrency) + 4
 }
 
 /// Start-up and run failures.

@@ -27,6 +27,37 @@ pub async fn subscription_item(
     catalog: &Catalog,
 ) -> Result<Applied, HandlerError> {
     let item: SubscriptionItem = data(event)?;
+    let slug = item.plan.slug.as_deref().unwrap_or_default();
+    let grants = matches!(
+        event.event_type,
+        "subscriptionItem.active" | "subscriptionItem.updated"
+    );
+    // What changes nothing is settled before the payload is required to be
+    // complete: an event we would ignore is never dead-lettered.
+    if grants {
+        if event.event_type == "subscriptionItem.updated"
+            && item.status.as_deref() != Some("active")
+        {
+            tracing::info!(webhook_id = event.webhook_id, status = ?item.status,
+                "update of an item that is not active: no credits change");
+            return Ok(Applied::Unchanged);
+        }
+        if catalog.plan(slug).is_none() {
+            tracing::info!(
+                webhook_id = event.webhook_id,
+                plan = slug,
+                "plan not in the catalog: no credits change"
+            );
+            return Ok(Applied::Unchanged);
+        }
+    } else if event.event_type != "subscriptionItem.ended" {
+        tracing::info!(
+            webhook_id = event.webhook_id,
+            "{}: no credits change",
+            event.event_type
+        );
+        return Ok(Applied::Unchanged);
+    }
     let item_id = item.id.as_deref().ok_or_else(|| {
         HandlerError::Malformed(format!("{} without an item id", event.event_type))
     })?;
@@ -36,24 +67,9 @@ pub async fn subscription_item(
             event.event_type
         ))
     })?;
-    let slug = item.plan.slug.as_deref().unwrap_or_default();
     match event.event_type {
         "subscriptionItem.active" | "subscriptionItem.updated" => {
-            if event.event_type == "subscriptionItem.updated"
-                && item.status.as_deref() != Some("active")
-            {
-                tracing::info!(webhook_id = event.webhook_id, item_id, status = ?item.status,
-                    "update of an item that is not active: no credits change");
-                return Ok(Applied::Unchanged);
-            }
-            let Some(credits) = catalog.plan(slug) else {
-                tracing::info!(
-                    webhook_id = event.webhook_id,
-                    plan = slug,
-                    "plan not in the catalog: no credits change"
-                );
-                return Ok(Applied::Unchanged);
-            };
+            let credits = catalog.plan(slug).unwrap_or_default();
             let period_start = item.period_start.unwrap_or(0);
             grant(conn, event, owner, slug, credits, item_id, period_start).await
         }
