@@ -874,3 +874,33 @@ async fn an_adjustment_beyond_the_balance_range_is_refused_without_panicking() {
     assert!(matches!(tiny, AdjustError::Refused(_)), "{tiny}");
     assert_eq!(w.balance("user_q").await, 10);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_billing_event_that_changes_nothing_is_not_dead_lettered_for_a_missing_payer() {
+    let mut w = World::new().await;
+    let mut canceled: serde_json::Value = serde_json::from_slice(&subscription_item(
+        "subscriptionItem.canceled",
+        "csub_item_x",
+        "user_r",
+        "pro",
+        "canceled",
+        Some(1),
+    ))
+    .unwrap();
+    canceled["data"]["payer"] = serde_json::Value::Null;
+    let mut unknown_plan = canceled.clone();
+    unknown_plan["type"] = serde_json::json!("subscriptionItem.active");
+    unknown_plan["data"]["plan"]["slug"] = serde_json::json!("not_in_catalog");
+
+    w.send(&[
+        serde_json::to_vec(&canceled).unwrap(),
+        serde_json::to_vec(&unknown_plan).unwrap(),
+    ])
+    .await;
+
+    let statuses: Vec<String> = sqlx::query_scalar("SELECT status FROM webhook_events ORDER BY id")
+        .fetch_all(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(statuses, vec!["processed", "processed"]);
+}
