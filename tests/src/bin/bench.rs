@@ -108,6 +108,9 @@ struct LoadArgs {
     /// Seconds of load before the measurement starts.
     #[arg(long, default_value_t = 3.0)]
     warmup: f64,
+    /// The ingress's database, to count commits and WAL flushes meanwhile.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
     #[command(flatten)]
     watch: WatchArgs,
 }
@@ -403,8 +406,15 @@ async fn exchange(sender: &mut Sender, request: Request<Full<Bytes>>) -> anyhow:
         .context("cannot read the answer")?
         .to_bytes();
     Ok(if !status.is_success() {
-        let text = String::from_utf8_lossy(&body);
-        Answer::Refused(format!("{} {}", status.as_u16(), text.trim()))
+        // The start of the answer is enough to tell what went wrong.
+        let text: String = String::from_utf8_lossy(&body)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(160)
+            .collect();
+        Answer::Refused(format!("{} {text}", status.as_u16()))
     } else if body.windows(9).any(|w| w == b"duplicate") {
         Answer::Duplicate
     } else {
@@ -585,14 +595,23 @@ async fn load(args: LoadArgs) -> anyhow::Result<bool> {
         window_end: start + warmup + duration,
         count: None,
     };
-    let sampler = tokio::spawn(sample_cpu(
+    let db = match &args.database_url {
+        Some(url) => Some(
+            PgConnection::connect(url)
+                .await
+                .context("cannot connect to the ingress's database")?,
+        ),
+        None => None,
+    };
+    let sampler = tokio::spawn(sample_window(
         args.watch.clone(),
         true,
+        db,
         schedule.window_start,
         schedule.window_end,
     ));
     let mut tally = run_connections(&deliveries, args.target.connections, schedule).await?;
-    let cpu = sampler.await.context("the CPU sampler failed")?;
+    let (cpu, pg) = sampler.await.context("the sampler failed")?;
 
     tally.window_latencies_us.sort_unstable();
     let rps = tally.window_ok as f64 / duration.as_secs_f64();
@@ -617,6 +636,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<bool> {
         "duplicates": tally.duplicates,
         "first_error": tally.first_error,
         "cpu": cpu,
+        "pg": pg,
     });
     emit(
         &line,
@@ -654,6 +674,7 @@ async fn e2e(args: E2eArgs) -> anyhow::Result<bool> {
     drop(connect(&deliveries.addr).await?);
 
     let cpu_start = CpuSnapshot::take(&args.watch, true);
+    let pg_start = PgSnapshot::take(&mut db).await;
     let start = Instant::now();
     let far = start + Duration::from_secs(365 * 86_400);
     let schedule = Schedule {
@@ -696,6 +717,7 @@ async fn e2e(args: E2eArgs) -> anyhow::Result<bool> {
     };
     let wall_s = start.elapsed().as_secs_f64();
     let cpu = CpuSnapshot::take(&args.watch, true).usage_since(&cpu_start);
+    let pg = PgSnapshot::usage(pg_start.as_ref(), PgSnapshot::take(&mut db).await.as_ref());
 
     let (span_s, p50_s, p99_s, max_s): (Option<f64>, Option<f64>, Option<f64>, Option<f64>) =
         sqlx::query_as(
@@ -711,9 +733,30 @@ async fn e2e(args: E2eArgs) -> anyhow::Result<bool> {
         .fetch_one(&mut db)
         .await
         .context("cannot read the processing times")?;
-    let events_per_s = span_s
-        .filter(|s| *s > 0.0)
-        .map(|s| round(processed as f64 / s, 1));
+    // Where the time goes: the relay (received → published) and the workers
+    // (published → processed). published_at is the relay's transaction time.
+    let (publish_span_s, to_publish_p99_s, to_process_p99_s): (
+        Option<f64>,
+        Option<f64>,
+        Option<f64>,
+    ) = sqlx::query_as(
+        "SELECT EXTRACT(EPOCH FROM max(published_at) - min(received_at))::float8, \
+                EXTRACT(EPOCH FROM percentile_cont(0.99) WITHIN GROUP \
+                    (ORDER BY published_at - received_at))::float8, \
+                EXTRACT(EPOCH FROM percentile_cont(0.99) WITHIN GROUP \
+                    (ORDER BY processed_at - published_at))::float8 \
+         FROM webhook_events WHERE webhook_id LIKE $1 AND processed_at IS NOT NULL \
+           AND published_at IS NOT NULL",
+    )
+    .bind(&pattern)
+    .fetch_one(&mut db)
+    .await
+    .context("cannot read the publishing times")?;
+    let rate = |span: Option<f64>| {
+        span.filter(|s| *s > 0.0)
+            .map(|s| round(processed as f64 / s, 1))
+    };
+    let events_per_s = rate(span_s);
     let ms = |v: Option<f64>| v.map(|s| round(s * 1000.0, 1));
     let line = json!({
         "bench": "e2e",
@@ -733,9 +776,13 @@ async fn e2e(args: E2eArgs) -> anyhow::Result<bool> {
         "p50_ms": ms(p50_s),
         "p99_ms": ms(p99_s),
         "max_ms": ms(max_s),
+        "published_per_s": rate(publish_span_s),
+        "to_published_p99_ms": ms(to_publish_p99_s),
+        "published_to_processed_p99_ms": ms(to_process_p99_s),
         "wall_s": round(wall_s, 2),
         "failure": failed_reason,
         "cpu": cpu,
+        "pg": pg,
     });
     emit(
         &line,
@@ -856,7 +903,7 @@ async fn baseline(args: BaselineArgs) -> anyhow::Result<bool> {
         .run(&mut db)
         .await
         .context("cannot apply the migrations to the baseline database")?;
-    sqlx::query("TRUNCATE webhook_events")
+    sqlx::query("TRUNCATE webhook_events CASCADE")
         .execute(&mut db)
         .await?;
     checkpoint(&mut db).await;
@@ -876,9 +923,10 @@ async fn baseline(args: BaselineArgs) -> anyhow::Result<bool> {
     // time with them: sample inside the run.
     let margin = (args.duration / 4.0).min(0.5);
     let started = Instant::now();
-    let sampler = tokio::spawn(sample_cpu(
+    let sampler = tokio::spawn(sample_window(
         watch,
         false,
+        Some(db),
         started + secs(margin, "--duration")?,
         started + secs(args.duration - margin, "--duration")?,
     ));
@@ -890,7 +938,7 @@ async fn baseline(args: BaselineArgs) -> anyhow::Result<bool> {
         Some(&args.workdir.join(&log_name)),
     )
     .await?;
-    let cpu = sampler.await.context("the CPU sampler failed")?;
+    let (cpu, pg) = sampler.await.context("the sampler failed")?;
     let latencies = pgbench_latencies(&args.workdir, &log_name)?;
 
     let tps = outcome.number("tps").context("pgbench printed no tps")?;
@@ -910,6 +958,7 @@ async fn baseline(args: BaselineArgs) -> anyhow::Result<bool> {
         "p50_ms": quantile_ms(&latencies, 0.50),
         "p99_ms": quantile_ms(&latencies, 0.99),
         "cpu": cpu,
+        "pg": pg,
     });
     emit(
         &line,
@@ -1025,6 +1074,8 @@ struct CpuSnapshot {
     machine_total: u64,
     /// Interrupt handling, mostly the loopback network: charged to no process.
     machine_irq: u64,
+    /// Idle with a disk request outstanding.
+    machine_iowait: u64,
 }
 
 /// Command name and CPU ticks (user + system, all threads) of a stat line.
@@ -1084,27 +1135,29 @@ impl CpuSnapshot {
             }
         }
         // First line of /proc/stat: user nice system idle iowait irq softirq steal.
-        let (machine_busy, machine_total, machine_irq) = read("/proc/stat".to_owned())
-            .and_then(|text| {
-                let line = text.lines().next()?.to_owned();
-                let values: Vec<u64> = line
-                    .split_whitespace()
-                    .skip(1)
-                    .take(8)
-                    .filter_map(|v| v.parse().ok())
-                    .collect();
-                let total: u64 = values.iter().sum();
-                let field = |i: usize| values.get(i).copied().unwrap_or(0);
-                let idle = field(3) + field(4);
-                Some((total - idle, total, field(5) + field(6)))
-            })
-            .unwrap_or((0, 0, 0));
+        let (machine_busy, machine_total, machine_irq, machine_iowait) =
+            read("/proc/stat".to_owned())
+                .and_then(|text| {
+                    let line = text.lines().next()?.to_owned();
+                    let values: Vec<u64> = line
+                        .split_whitespace()
+                        .skip(1)
+                        .take(8)
+                        .filter_map(|v| v.parse().ok())
+                        .collect();
+                    let total: u64 = values.iter().sum();
+                    let field = |i: usize| values.get(i).copied().unwrap_or(0);
+                    let idle = field(3) + field(4);
+                    Some((total - idle, total, field(5) + field(6), field(4)))
+                })
+                .unwrap_or((0, 0, 0, 0));
         Self {
             at: Instant::now(),
             ticks,
             machine_busy,
             machine_total,
             machine_irq,
+            machine_iowait,
         }
     }
 
@@ -1127,6 +1180,11 @@ impl CpuSnapshot {
                 "machine".to_owned(),
                 json!(round(busy as f64 / total as f64 * 100.0, 1)),
             );
+            let iowait = self.machine_iowait.saturating_sub(earlier.machine_iowait);
+            usage.insert(
+                "iowait".to_owned(),
+                json!(round(iowait as f64 / total as f64 * 100.0, 1)),
+            );
             // Interrupts, then everything else that ran meanwhile (kernel
             // threads, other programs), in percent of one core.
             let cores = |ticks: u64| ticks as f64 / USER_HZ / seconds * 100.0;
@@ -1142,11 +1200,78 @@ impl CpuSnapshot {
     }
 }
 
-async fn sample_cpu(watch: WatchArgs, include_self: bool, from: Instant, to: Instant) -> Value {
+/// CPU use, and PostgreSQL's commits and WAL flushes when `db` is given,
+/// between `from` and `to`.
+async fn sample_window(
+    watch: WatchArgs,
+    include_self: bool,
+    mut db: Option<PgConnection>,
+    from: Instant,
+    to: Instant,
+) -> (Value, Value) {
     tokio::time::sleep_until(from.into()).await;
-    let start = CpuSnapshot::take(&watch, include_self);
+    let cpu_start = CpuSnapshot::take(&watch, include_self);
+    let pg_start = match db.as_mut() {
+        Some(db) => PgSnapshot::take(db).await,
+        None => None,
+    };
     tokio::time::sleep_until(to.into()).await;
-    CpuSnapshot::take(&watch, include_self).usage_since(&start)
+    let cpu = CpuSnapshot::take(&watch, include_self).usage_since(&cpu_start);
+    let pg_end = match db.as_mut() {
+        Some(db) => PgSnapshot::take(db).await,
+        None => None,
+    };
+    (cpu, PgSnapshot::usage(pg_start.as_ref(), pg_end.as_ref()))
+}
+
+/// The server's transaction id counter, WAL position and WAL flush count.
+struct PgSnapshot {
+    at: Instant,
+    /// Next transaction id: each committed write transaction takes one.
+    next_xid: i64,
+    wal_bytes: f64,
+    wal_syncs: i64,
+}
+
+impl PgSnapshot {
+    /// None when the server keeps no WAL statistics (before PostgreSQL 14).
+    async fn take(db: &mut PgConnection) -> Option<Self> {
+        let (next_xid, wal_bytes, wal_syncs): (i64, f64, i64) = sqlx::query_as(
+            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+                    (pg_current_wal_lsn() - '0/0'::pg_lsn)::float8, \
+                    (SELECT wal_sync FROM pg_stat_wal)",
+        )
+        .fetch_one(db)
+        .await
+        .ok()?;
+        Some(Self {
+            at: Instant::now(),
+            next_xid,
+            wal_bytes,
+            wal_syncs,
+        })
+    }
+
+    /// Rates between two snapshots. Transaction ids and the WAL position are
+    /// exact and server-wide (anything else writing counts too); backends
+    /// report their WAL flushes about once a second, so that count is
+    /// approximate on short windows.
+    fn usage(start: Option<&Self>, end: Option<&Self>) -> Value {
+        let (Some(start), Some(end)) = (start, end) else {
+            return Value::Null;
+        };
+        let seconds = end.at.duration_since(start.at).as_secs_f64().max(1e-3);
+        let commits = (end.next_xid - start.next_xid) as f64;
+        let syncs = (end.wal_syncs - start.wal_syncs) as f64;
+        let per_s = |v: f64| round(v / seconds, 1);
+        json!({
+            "commits_per_s": per_s(commits),
+            "wal_syncs_per_s": per_s(syncs),
+            "commits_per_wal_sync": (syncs > 0.0).then(|| round(commits / syncs, 2)),
+            "wal_bytes_per_commit": (commits > 0.0)
+                .then(|| round((end.wal_bytes - start.wal_bytes) / commits, 0)),
+        })
+    }
 }
 
 /// A `kB` field of /proc/<pid>/status.
@@ -1457,6 +1582,31 @@ fn report(file: &Path) -> anyhow::Result<bool> {
             0,
             "0",
         ));
+        // CPU milliseconds per request: % of one core × 10 / (requests/s).
+        let per_request = |kind: &str, rate_key: &str, names: &[&str]| -> Vec<String> {
+            connections
+                .iter()
+                .map(|c| {
+                    let line = by_connections(kind, *c);
+                    let rate = line.and_then(|l| num(l, rate_key)).filter(|r| *r > 0.0);
+                    names
+                        .iter()
+                        .map(|name| {
+                            let cpu = line
+                                .and_then(|l| l.get("cpu"))
+                                .and_then(|cpu| cpu.get(*name))
+                                .and_then(Value::as_f64);
+                            cell(cpu.zip(rate).map(|(p, r)| p * 10.0 / r), 2)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                })
+                .collect()
+        };
+        push(format!(
+            "| CPU ms per accepted request: ingress / postgres / rabbitmq | {} | |",
+            per_request("load", "rps", &["ingress", "postgres", "rabbitmq"]).join(" | ")
+        ));
         push(row(
             "baseline INSERT commits/s (pgbench)",
             "baseline",
@@ -1477,6 +1627,10 @@ fn report(file: &Path) -> anyhow::Result<bool> {
             "p99_ms",
             2,
             "",
+        ));
+        push(format!(
+            "| CPU ms per baseline commit: postgres | {} | |",
+            per_request("baseline", "commits_per_s", &["postgres"]).join(" | ")
         ));
         let ratios: Vec<String> = connections.iter().map(|c| cell(ratio(*c), 2)).collect();
         push(format!(
@@ -1520,7 +1674,7 @@ fn report(file: &Path) -> anyhow::Result<bool> {
             .and_then(Value::as_u64)
             .unwrap_or(0);
         push(format!(
-            "End to end: {} distinct events sent at {} connections while the workers run; events/s = processed / (max(processed_at) − min(received_at)); latency = received_at → processed_at (percentile_cont).",
+            "End to end: {} distinct events sent at {} connections while the workers run; events/s = processed / (max(processed_at) − min(received_at)), published events/s likewise with published_at; latencies from the rows' timestamps (percentile_cont).",
             cell(num(first, "count"), 0),
             sent_at,
         ));
@@ -1572,6 +1726,24 @@ fn report(file: &Path) -> anyhow::Result<bool> {
             String::new(),
         ));
         push(row(
+            "published events/s (relay)",
+            "published_per_s",
+            0,
+            String::new(),
+        ));
+        push(row(
+            "receipt → published p99 (ms)",
+            "to_published_p99_ms",
+            0,
+            String::new(),
+        ));
+        push(row(
+            "published → processed p99 (ms)",
+            "published_to_processed_p99_ms",
+            0,
+            String::new(),
+        ));
+        push(row(
             "sending: accepted requests/s",
             "send_rps",
             0,
@@ -1579,6 +1751,31 @@ fn report(file: &Path) -> anyhow::Result<bool> {
         ));
         push(row("send errors", "errors", 0, "0".to_owned()));
         push(row("events processed", "processed", 0, String::new()));
+        let per_event: Vec<String> = e2e
+            .iter()
+            .map(|l| {
+                let rate = num(l, "events_per_s").filter(|r| *r > 0.0);
+                let cpu = l.get("cpu");
+                let of_names = |pick: &dyn Fn(&str) -> bool| -> Option<f64> {
+                    let cpu = cpu?.as_object()?;
+                    let total: f64 = cpu
+                        .iter()
+                        .filter(|(k, _)| pick(k))
+                        .filter_map(|(_, v)| v.as_f64())
+                        .sum();
+                    Some(total * 10.0 / rate?)
+                };
+                format!(
+                    "{} / {}",
+                    cell(of_names(&|k| k.starts_with("worker")), 2),
+                    cell(of_names(&|k| k == "postgres"), 2)
+                )
+            })
+            .collect();
+        push(format!(
+            "| CPU ms per processed event: workers / postgres (whole run) | {} | |",
+            per_event.join(" | ")
+        ));
         push(String::new());
     }
 
@@ -1633,15 +1830,15 @@ fn report(file: &Path) -> anyhow::Result<bool> {
             "CPU during each measured window in % of one core, from /proc/<pid>/stat and /proc/stat: \
              interrupts = irq + softirq time (mostly the loopback network), charged to no process; \
              other = the rest of the machine (kernel threads, any other program); \
-             machine busy is in % of all cores."
+             machine busy and iowait (idle while waiting for the disk) are in % of all cores."
                 .to_owned(),
         );
         push(String::new());
         push(
-            "| phase | load generator | ingress | worker(s) | postgres | rabbitmq | interrupts | other | machine busy |"
+            "| phase | load generator | ingress | worker(s) | postgres | rabbitmq | interrupts | other | machine busy | iowait |"
                 .to_owned(),
         );
-        push("|---|---:|---:|---:|---:|---:|---:|---:|---:|".to_owned());
+        push("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_owned());
         for (title, l) in phases {
             let Some(cpu) = l.get("cpu").and_then(Value::as_object) else {
                 continue;
@@ -1662,7 +1859,7 @@ fn report(file: &Path) -> anyhow::Result<bool> {
                     .join(" + ")
             };
             push(format!(
-                "| {title} | {} | {} | {workers} | {} | {} | {} | {} | {} % |",
+                "| {title} | {} | {} | {workers} | {} | {} | {} | {} | {} % | {} % |",
                 cell(get("loadgen"), 0),
                 cell(get("ingress"), 0),
                 cell(get("postgres"), 0),
@@ -1670,6 +1867,58 @@ fn report(file: &Path) -> anyhow::Result<bool> {
                 cell(get("irq"), 0),
                 cell(get("other"), 0),
                 cell(get("machine"), 0),
+                cell(get("iowait"), 0),
+            ));
+        }
+        push(String::new());
+    }
+
+    let busiest_other = lines
+        .iter()
+        .filter_map(|l| l.get("cpu")?.get("other")?.as_f64())
+        .fold(0.0_f64, f64::max);
+    if busiest_other > 20.0 {
+        push(format!(
+            "**Note:** processes outside the benchmark used up to {busiest_other:.0} % of a core during a window (column other); rerun on a quiet machine for clean numbers."
+        ));
+        push(String::new());
+    }
+
+    // PostgreSQL's side of each window.
+    let pg_rows: Vec<(String, &Value)> = of("baseline")
+        .into_iter()
+        .map(|l| ("baseline", l))
+        .chain(of("load").into_iter().map(|l| ("ingress", l)))
+        .filter_map(|(kind, l)| {
+            let c = l.get("connections").and_then(Value::as_u64)?;
+            Some((format!("{kind} c={c}"), l.get("pg")?))
+        })
+        .chain(of("e2e").into_iter().filter_map(|l| {
+            let w = l.get("workers").and_then(Value::as_u64)?;
+            Some((format!("end to end, {w} worker(s)"), l.get("pg")?))
+        }))
+        .filter(|(_, pg)| pg.is_object())
+        .collect();
+    if !pg_rows.is_empty() {
+        push(
+            "PostgreSQL during each window: write transactions committed (transaction ids used), \
+             WAL flushes (pg_stat_wal.wal_sync; backends report it about once a second, so it is \
+             approximate) and WAL written (pg_current_wal_lsn), server-wide:"
+                .to_owned(),
+        );
+        push(String::new());
+        push(
+            "| phase | write commits/s | WAL flushes/s | commits per WAL flush | WAL bytes per commit |"
+                .to_owned(),
+        );
+        push("|---|---:|---:|---:|---:|".to_owned());
+        for (title, pg) in pg_rows {
+            push(format!(
+                "| {title} | {} | {} | {} | {} |",
+                cell(num(pg, "commits_per_s"), 0),
+                cell(num(pg, "wal_syncs_per_s"), 0),
+                cell(num(pg, "commits_per_wal_sync"), 1),
+                cell(num(pg, "wal_bytes_per_commit"), 0),
             ));
         }
         push(String::new());
