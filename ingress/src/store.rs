@@ -16,8 +16,10 @@ use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
 /// Events written by one statement at most.
 pub const MAX_BATCH: usize = 256;
-/// Writer tasks: statements in flight at once.
-pub const WRITERS: usize = 4;
+/// Writer tasks: statements in flight at once. Measured at 16 connections on
+/// 2 cores (BENCHMARKS.md): 2 beat 1 (commits serialise) and 4 (smaller
+/// batches, more transactions).
+pub const WRITERS: usize = 2;
 /// Events waiting for a writer before new requests wait for room.
 const QUEUE: usize = 4096;
 
