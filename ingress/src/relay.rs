@@ -174,26 +174,19 @@ impl Relay {
                     .publisher
             }
         };
-        let events: Vec<OutgoingEvent<'_>> = rows
+        let events: Vec<(i64, OutgoingEvent<'_>)> = rows
             .iter()
-            .map(|row| OutgoingEvent {
-                webhook_id: &row.webhook_id,
-                event_type: &row.event_type,
-                body: &row.raw_body,
-                traceparent: row.traceparent.as_deref(),
+            .map(|row| {
+                let event = OutgoingEvent {
+                    webhook_id: &row.webhook_id,
+                    event_type: &row.event_type,
+                    body: &row.raw_body,
+                    traceparent: row.traceparent.as_deref(),
+                };
+                (row.id, event)
             })
             .collect();
-        let results = publisher.publish_all(&events).await;
-        let mut confirmed = Vec::with_capacity(rows.len());
-        let mut first_error = None;
-        for (row, result) in rows.iter().zip(results) {
-            match result {
-                Ok(()) => confirmed.push(row.id),
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
+        let (confirmed, first_error) = publisher.publish_confirmed(&events).await;
         if !confirmed.is_empty() {
             sqlx::query(
                 "WITH done AS (DELETE FROM webhook_outbox WHERE event_id = ANY($1) RETURNING event_id) \

@@ -393,6 +393,26 @@ impl Publisher {
         results
     }
 
+    /// Publishes keyed events (for example by row id) and returns the keys
+    /// the broker confirmed, in order, with the first failure if any.
+    pub async fn publish_confirmed<K: Copy>(
+        &self,
+        events: &[(K, OutgoingEvent<'_>)],
+    ) -> (Vec<K>, Option<AmqpError>) {
+        let outgoing: Vec<OutgoingEvent<'_>> = events.iter().map(|(_, event)| *event).collect();
+        let mut confirmed = Vec::with_capacity(events.len());
+        let mut failure = None;
+        for ((key, _), result) in events.iter().zip(self.publish_all(&outgoing).await) {
+            match result {
+                Ok(()) => confirmed.push(*key),
+                Err(error) => {
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+        (confirmed, failure)
+    }
+
     /// Publishes one event and waits for its confirm.
     pub async fn publish(&self, event: &OutgoingEvent<'_>) -> Result<(), AmqpError> {
         self.publish_all(std::slice::from_ref(event))

@@ -9,6 +9,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod amqp;
+pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod event;

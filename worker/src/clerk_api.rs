@@ -202,10 +202,10 @@ where
             Ok(value) => return Ok(value),
             Err(error) => match error.retry_after() {
                 Some(hint) if made < attempts => {
-                    let step = base.saturating_mul(1u32 << (made - 1).min(16));
-                    let backoff =
-                        step.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.5..=1.0));
-                    let delay = hint.max(backoff).min(Duration::from_secs(60));
+                    let max = Duration::from_secs(60);
+                    let delay = hint
+                        .max(shared::backoff::jittered(base, max, made))
+                        .min(max);
                     tracing::warn!(error.message = %error, retry_in = ?delay, "Clerk call failed; retrying");
                     tokio::time::sleep(delay).await;
                 }

@@ -165,12 +165,8 @@ impl Syncer {
     }
 
     fn backoff(&self, attempts: i32) -> Duration {
-        let exponent = attempts.saturating_sub(1).clamp(0, 16) as u32;
-        let step = self
-            .retry_base_delay
-            .saturating_mul(1u32 << exponent)
-            .min(self.retry_max_delay);
-        step.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.5..=1.0))
+        let attempts = u32::try_from(attempts).unwrap_or(0);
+        shared::backoff::jittered(self.retry_base_delay, self.retry_max_delay, attempts)
     }
 
     async fn reschedule(

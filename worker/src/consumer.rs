@@ -426,14 +426,9 @@ async fn wait(ctx: &Context, delay: Duration) -> bool {
     }
 }
 
-/// Exponential backoff with full jitter between half and all of the step.
 fn retry_delay(ctx: &Context, attempts: i32) -> Duration {
-    let exponent = attempts.saturating_sub(1).clamp(0, 16) as u32;
-    let step = ctx
-        .retry_base_delay
-        .saturating_mul(1u32 << exponent)
-        .min(ctx.retry_max_delay);
-    step.mul_f64(rand::Rng::gen_range(&mut rand::thread_rng(), 0.5..=1.0))
+    let attempts = u32::try_from(attempts).unwrap_or(0);
+    shared::backoff::jittered(ctx.retry_base_delay, ctx.retry_max_delay, attempts)
 }
 
 fn outage_backoff(ctx: &Context) -> impl Iterator<Item = Duration> {

@@ -171,26 +171,19 @@ async fn replay_with(
             break;
         };
         after = last.id;
-        let outgoing: Vec<OutgoingEvent<'_>> = rows
+        let events: Vec<(i64, OutgoingEvent<'_>)> = rows
             .iter()
-            .map(|row| OutgoingEvent {
-                webhook_id: &row.webhook_id,
-                event_type: &row.event_type,
-                body: &row.raw_body,
-                traceparent: row.traceparent.as_deref(),
+            .map(|row| {
+                let event = OutgoingEvent {
+                    webhook_id: &row.webhook_id,
+                    event_type: &row.event_type,
+                    body: &row.raw_body,
+                    traceparent: row.traceparent.as_deref(),
+                };
+                (row.id, event)
             })
             .collect();
-        let results = publisher.publish_all(&outgoing).await;
-        let mut confirmed = Vec::with_capacity(rows.len());
-        let mut failure = None;
-        for (row, result) in rows.iter().zip(results) {
-            match result {
-                Ok(()) => confirmed.push(row.id),
-                Err(error) => {
-                    failure.get_or_insert(error);
-                }
-            }
-        }
+        let (confirmed, failure) = publisher.publish_confirmed(&events).await;
         let reset: i64 = sqlx::query_scalar(
             "WITH dequeued AS (DELETE FROM webhook_outbox WHERE event_id = ANY($1)), \
              changed AS (\
