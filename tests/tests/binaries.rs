@@ -97,6 +97,7 @@ async fn sigterm_lets_an_in_flight_request_finish_and_publishes_it_before_exit()
             ("DATABASE_URL", database_url.as_str()),
             ("AMQP_URL", e2e::amqp_url().as_str()),
             ("AMQP_PREFIX", broker.prefix.as_str()),
+            ("RUST_LOG", "info,ingress=debug"),
         ],
     );
     let listening = ingress.wait_for_line("ingress listening", DEADLINE);
@@ -118,6 +119,8 @@ async fn sigterm_lets_an_in_flight_request_finish_and_publishes_it_before_exit()
     .unwrap();
     stream.write_all(head).unwrap();
     stream.flush().unwrap();
+    // The request is in the handler (not just in the socket) when the signal comes.
+    ingress.wait_for_line("reading the webhook body", DEADLINE);
     ingress.terminate();
     ingress.wait_for_line("shutdown signal received", DEADLINE);
     stream.write_all(tail).unwrap();

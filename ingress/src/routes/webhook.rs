@@ -185,6 +185,7 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, WebhookError> {
+    tracing::debug!("reading the webhook body");
     let body = tokio::time::timeout(BODY_TIMEOUT, read_body(headers, body, state.max_body_bytes))
         .await
         .map_err(|_| WebhookError::SlowBody)??;
