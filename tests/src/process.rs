@@ -57,6 +57,20 @@ impl Service {
         }
     }
 
+    /// `worker run` against a test database and broker prefix, its ops
+    /// listener on a free port; `extra` adds or overrides variables.
+    pub fn worker_run(database_url: &str, prefix: &str, extra: &[(&str, &str)]) -> Self {
+        let amqp_url = crate::amqp_url();
+        let mut env = vec![
+            ("DATABASE_URL", database_url),
+            ("AMQP_URL", amqp_url.as_str()),
+            ("AMQP_PREFIX", prefix),
+            ("WORKER_OPS_ADDR", "127.0.0.1:0"),
+        ];
+        env.extend_from_slice(extra);
+        Self::start("worker", &["run"], &env)
+    }
+
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_for_line(&mut self, needle: &str, deadline: Duration) -> String {
         let until = Instant::now() + deadline;

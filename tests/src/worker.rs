@@ -139,3 +139,21 @@ pub async fn finished_events(db: &TestDb) -> i64 {
         .await
         .expect("count")
 }
+
+/// Waits until exactly `expected` events are processed or ignored.
+pub async fn wait_processed(db: &TestDb, expected: i64, deadline: Duration) {
+    crate::wait_for(
+        &format!("{expected} events to be processed"),
+        deadline,
+        || async { (finished_events(db).await == expected).then_some(()) },
+    )
+    .await;
+}
+
+/// Waits until a worker has finished at least one event: it is mid-stream.
+pub async fn wait_started(db: &TestDb, deadline: Duration) {
+    crate::wait_for("the worker to finish a first event", deadline, || async {
+        (finished_events(db).await > 0).then_some(())
+    })
+    .await;
+}

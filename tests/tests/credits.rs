@@ -13,7 +13,7 @@ use e2e::{
     fake_clerk::{self, Answer, FakeClerk},
     process::Service,
     wait_for,
-    worker::{deliver, finished_events, settings, TestWorker},
+    worker::{deliver, finished_events, settings, wait_processed, TestWorker},
 };
 use shared::secret::Secret;
 use sqlx::PgPool;
@@ -410,10 +410,7 @@ async fn a_hundred_concurrent_pack_payments_for_one_user_leave_exactly_a_hundred
         .collect();
 
     deliver(&w.db, &w.broker, &events).await;
-    wait_for("every payment to be processed", DEADLINE, || async {
-        (finished_events(&w.db).await == 100).then_some(())
-    })
-    .await;
+    wait_processed(&w.db, 100, DEADLINE).await;
 
     assert_eq!(w.balance("user_e").await, 100 * 500);
     assert_ledger_matches_balances(&w.db.pool).await;
@@ -480,10 +477,7 @@ async fn a_burst_for_one_user_coalesces_into_few_writes_of_the_final_balance() {
         .collect();
 
     deliver(&w.db, &w.broker, &events).await;
-    wait_for("every payment to be processed", DEADLINE, || async {
-        (finished_events(&w.db).await == 30).then_some(())
-    })
-    .await;
+    wait_processed(&w.db, 30, DEADLINE).await;
     wait_for("Clerk to hold the final balance", DEADLINE, || async {
         (w.clerk.credits_of("user_g") == Some(serde_json::json!(15_000))).then_some(())
     })
@@ -797,17 +791,7 @@ async fn the_sync_users_command_prints_its_counts_and_without_a_key_fails_clearl
 async fn without_a_secret_key_the_worker_says_once_that_the_clerk_sync_is_off() {
     let w = World::new().await;
     let database_url = w.db.url(None);
-    let amqp_url = e2e::amqp_url();
-    let mut worker = Service::start(
-        "worker",
-        &["run"],
-        &[
-            ("DATABASE_URL", database_url.as_str()),
-            ("AMQP_URL", amqp_url.as_str()),
-            ("AMQP_PREFIX", w.broker.prefix.as_str()),
-            ("WORKER_OPS_ADDR", "127.0.0.1:0"),
-        ],
-    );
+    let mut worker = Service::worker_run(database_url.as_str(), w.broker.prefix.as_str(), &[]);
 
     worker.wait_for_line("consuming", DEADLINE);
     worker.terminate();

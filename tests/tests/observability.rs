@@ -12,7 +12,7 @@ use e2e::{
     fake_clerk::{self, Answer, FakeClerk},
     ingress::{Endpoints, TestIngress},
     wait_for,
-    worker::{deliver, finished_events, publish, settings, TestWorker},
+    worker::{deliver, publish, settings, wait_processed, TestWorker},
 };
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use shared::{config::LogConfig, secret::Secret};
@@ -100,10 +100,7 @@ async fn the_worker_counts_outcomes_latency_retries_dead_letters_and_clerk_write
 
     deliver(&db, &broker, &events).await;
     publish(&broker, std::slice::from_ref(&created)).await;
-    wait_for("the events to be handled", DEADLINE, || async {
-        (finished_events(&db).await == 5).then_some(())
-    })
-    .await;
+    wait_processed(&db, 5, DEADLINE).await;
     wait_for("the Clerk write after a 503", DEADLINE, || async {
         clerk.credits_of("user_m1")
     })
@@ -226,10 +223,7 @@ async fn the_worker_span_is_a_child_of_the_ingress_span() {
     let delivery = Delivery::signed(&ingress.secret, user_created("user_traced"));
 
     ingress.post(&delivery).await;
-    wait_for("the event to be processed", DEADLINE, || async {
-        (finished_events(&db).await == 1).then_some(())
-    })
-    .await;
+    wait_processed(&db, 1, DEADLINE).await;
     worker.stop().await;
     ingress.stop().await;
     provider.force_flush().unwrap();

@@ -14,8 +14,7 @@ use e2e::{
     ingress::{Endpoints, TestIngress},
     process::Service,
     proxy::TcpProxy,
-    wait_for,
-    worker::{deliver, finished_events, settings, TestWorker},
+    worker::{deliver, settings, wait_processed, wait_started, TestWorker},
 };
 use reqwest::StatusCode;
 
@@ -64,10 +63,7 @@ async fn ten_seconds_without_postgres_under_load_dead_letter_nothing_and_lose_no
     let first = user_events(0..100);
     let second = user_events(100..200);
     deliver(&db, &broker, &first).await;
-    wait_for("the worker to be busy", DEADLINE, || async {
-        (finished_events(&db).await > 0).then_some(())
-    })
-    .await;
+    wait_started(&db, DEADLINE).await;
 
     proxy.cut();
     deliver(&db, &broker, &second).await;
@@ -82,10 +78,7 @@ async fn ten_seconds_without_postgres_under_load_dead_letter_nothing_and_lose_no
     );
     proxy.restore();
 
-    wait_for("every event to be processed", DEADLINE, || async {
-        (finished_events(&db).await == 200).then_some(())
-    })
-    .await;
+    wait_processed(&db, 200, DEADLINE).await;
     worker.stop().await;
     assert_eq!(
         scalar(
@@ -136,19 +129,13 @@ async fn rabbitmq_lost_and_back_under_load_loses_nothing_between_ingress_and_wor
     };
 
     send(0..100).await;
-    wait_for("the worker to be busy", DEADLINE, || async {
-        (finished_events(&db).await > 0).then_some(())
-    })
-    .await;
+    wait_started(&db, DEADLINE).await;
     proxy.cut();
     send(100..200).await;
     proxy.restore();
     send(200..300).await;
 
-    wait_for("every event to be processed", DEADLINE, || async {
-        (finished_events(&db).await == 300).then_some(())
-    })
-    .await;
+    wait_processed(&db, 300, DEADLINE).await;
     worker.stop().await;
     ingress.stop().await;
     assert_eq!(scalar(&db, "SELECT count(*) FROM users").await, 300);
@@ -173,33 +160,16 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let database_url = db.url(None);
-    let mut doomed = Service::start(
-        "worker",
-        &["run"],
-        &[
-            ("DATABASE_URL", database_url.as_str()),
-            ("AMQP_URL", e2e::amqp_url().as_str()),
-            ("AMQP_PREFIX", broker.prefix.as_str()),
-            ("WORKER_OPS_ADDR", "127.0.0.1:0"),
-        ],
-    );
+    let mut doomed = Service::worker_run(database_url.as_str(), broker.prefix.as_str(), &[]);
     doomed.wait_for_line("consuming", DEADLINE);
     let events = user_events(0..300);
 
     deliver(&db, &broker, &events).await;
-    wait_for(
-        "the worker to be in the middle of the stream",
-        DEADLINE,
-        || async { (finished_events(&db).await > 0).then_some(()) },
-    )
-    .await;
+    wait_started(&db, DEADLINE).await;
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
     let survivor = TestWorker::spawn(&db, &broker).await;
-    wait_for("the rest to be processed", DEADLINE, || async {
-        (finished_events(&db).await == 300).then_some(())
-    })
-    .await;
+    wait_processed(&db, 300, DEADLINE).await;
     survivor.stop().await;
 
     assert_eq!(scalar(&db, "SELECT count(*) FROM users").await, 300);

@@ -10,7 +10,7 @@ use e2e::{
     deliveries::{new_id, user_deleted, user_event},
     process::Service,
     wait_for,
-    worker::{deliver, finished_events, publish, TestWorker},
+    worker::{deliver, finished_events, publish, wait_processed, wait_started, TestWorker},
 };
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -55,10 +55,7 @@ async fn three_workers_and_every_deletion_delivered_three_times_promote_the_wait
     deliver(&db, &broker, &events).await;
     publish(&broker, &events).await;
     publish(&broker, &events).await;
-    wait_for("every deletion to be processed", DEADLINE, || async {
-        (finished_events(&db).await == 35).then_some(())
-    })
-    .await;
+    wait_processed(&db, 35, DEADLINE).await;
     wait_for("every copy to be consumed", DEADLINE, || async {
         (broker.worker_queue_depth().await == 0).then_some(())
     })
@@ -115,16 +112,10 @@ async fn sigterm_in_the_middle_of_a_burst_loses_nothing_and_exits_zero() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     let database_url = db.url(None);
-    let mut worker = Service::start(
-        "worker",
-        &["run"],
-        &[
-            ("DATABASE_URL", database_url.as_str()),
-            ("AMQP_URL", e2e::amqp_url().as_str()),
-            ("AMQP_PREFIX", broker.prefix.as_str()),
-            ("WORKER_OPS_ADDR", "127.0.0.1:0"),
-            ("WORKER_CONCURRENCY", "4"),
-        ],
+    let mut worker = Service::worker_run(
+        database_url.as_str(),
+        broker.prefix.as_str(),
+        &[("WORKER_CONCURRENCY", "4")],
     );
     worker.wait_for_line("consuming", DEADLINE);
     let events: Vec<(String, Vec<u8>)> = (0..300)
@@ -137,12 +128,7 @@ async fn sigterm_in_the_middle_of_a_burst_loses_nothing_and_exits_zero() {
         .collect();
 
     deliver(&db, &broker, &events).await;
-    wait_for(
-        "the worker to be in the middle of the burst",
-        DEADLINE,
-        || async { (finished_events(&db).await > 0).then_some(()) },
-    )
-    .await;
+    wait_started(&db, DEADLINE).await;
     worker.terminate();
     let (status, stderr) = worker.wait_exit(DEADLINE);
     let done_by_first = finished_events(&db).await;
@@ -152,10 +138,7 @@ async fn sigterm_in_the_middle_of_a_burst_loses_nothing_and_exits_zero() {
 
     // What the first worker did not finish is still in the queue.
     let second = TestWorker::spawn(&db, &broker).await;
-    wait_for("the rest to be processed", DEADLINE, || async {
-        (finished_events(&db).await == 300).then_some(())
-    })
-    .await;
+    wait_processed(&db, 300, DEADLINE).await;
     second.stop().await;
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(&db.pool)
