@@ -105,6 +105,24 @@ impl World {
     }
 }
 
+/// `count` distinct paid payment attempts of one `credits_500` pack each.
+fn pack_payments(
+    attempt_prefix: &str,
+    owner: &str,
+    item: &str,
+    count: usize,
+) -> Vec<(String, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let attempt = format!("{attempt_prefix}{i}");
+            (
+                new_id(),
+                payment_attempt(&attempt, "paid", owner, &[(item, "credits_500", None)]),
+            )
+        })
+        .collect()
+}
+
 /// The sum of each owner's ledger equals its balance.
 async fn assert_ledger_matches_balances(pool: &PgPool) {
     let mismatches: Vec<(String, i64, i64)> = sqlx::query_as(
@@ -394,20 +412,7 @@ async fn an_organization_payer_owns_the_credits() {
 async fn a_hundred_concurrent_pack_payments_for_one_user_leave_exactly_a_hundred_packs() {
     let w = World::new().await;
     let second = w.spawn_worker().await;
-    let events: Vec<(String, Vec<u8>)> = (0..100)
-        .map(|i| {
-            let attempt = format!("pa_{i}");
-            (
-                new_id(),
-                payment_attempt(
-                    &attempt,
-                    "paid",
-                    "user_e",
-                    &[("csub_item_pack", "credits_500", None)],
-                ),
-            )
-        })
-        .collect();
+    let events = pack_payments("pa_", "user_e", "csub_item_pack", 100);
 
     deliver(&w.db, &w.broker, &events).await;
     wait_processed(&w.db, 100, DEADLINE).await;
@@ -461,20 +466,7 @@ async fn the_balance_reaches_clerk_through_503_and_429_with_retry_after() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_for_one_user_coalesces_into_few_writes_of_the_final_balance() {
     let w = World::new().await;
-    let events: Vec<(String, Vec<u8>)> = (0..30)
-        .map(|i| {
-            let attempt = format!("pa_burst_{i}");
-            (
-                new_id(),
-                payment_attempt(
-                    &attempt,
-                    "paid",
-                    "user_g",
-                    &[("csub_item_p", "credits_500", None)],
-                ),
-            )
-        })
-        .collect();
+    let events = pack_payments("pa_burst_", "user_g", "csub_item_p", 30);
 
     deliver(&w.db, &w.broker, &events).await;
     wait_processed(&w.db, 30, DEADLINE).await;
