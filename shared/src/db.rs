@@ -37,13 +37,28 @@ pub enum DbError {
         source: sqlx::Error,
     },
     /// A migration failed.
-    #[error("applying migrations failed: {0}")]
+    #[error("applying migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The session for the migrations could not be prepared.
+    #[error("opening a session for the migrations failed")]
+    Session(#[source] sqlx::Error),
 }
 
-/// Builds a pool without connecting yet.
+/// The longest any statement of a service may run. A query stuck behind a
+/// lock or a runaway plan fails with SQLSTATE 57014 instead of holding a
+/// pooled connection (and a request, or a delivery) forever. Migrations run
+/// without it: building an index may take longer.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds a pool without connecting yet. Every session it opens has
+/// [`STATEMENT_TIMEOUT`].
 pub fn pool(url: &Secret<String>, max_connections: u32) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(url.expose()).map_err(|_| DbError::InvalidUrl)?;
+    let options = PgConnectOptions::from_str(url.expose())
+        .map_err(|_| DbError::InvalidUrl)?
+        .options([(
+            "statement_timeout",
+            format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
+        )]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -64,8 +79,23 @@ pub async fn connect_and_migrate(
             url: redact_url(url.expose()),
             source,
         })?;
-    MIGRATOR.run(&pool).await?;
+    migrate(&pool).await?;
     Ok(pool)
+}
+
+/// Applies pending migrations on one session without the statement timeout.
+/// That session is closed afterwards rather than returned to the pool.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    let mut connection = pool.acquire().await.map_err(DbError::Session)?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *connection)
+        .await
+        .map_err(DbError::Session)?;
+    // `run` with a borrowed connection trips "Acquire is not general enough"
+    // in spawned futures; sqlx offers `run_direct` for exactly this.
+    MIGRATOR.run_direct(&mut *connection).await?;
+    let _ = connection.close().await;
+    Ok(())
 }
 
 /// Retries `SELECT 1` with backoff until it succeeds or `patience` runs out.

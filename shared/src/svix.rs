@@ -110,39 +110,56 @@ impl WebhookSecrets {
         self.0.is_empty()
     }
 
-    /// Verifies a delivery at the Unix time `now` (seconds).
+    /// Verifies a delivery at the Unix time `now` (seconds): the header
+    /// checks of [`SignedRequest::check_headers`], then the signatures.
     pub fn verify(&self, request: &SignedRequest<'_>, now: i64) -> Result<Verified, VerifyError> {
-        let (id, timestamp_raw, signatures) =
-            match (request.id, request.timestamp, request.signature) {
-                (Some(i), Some(t), Some(s)) if !i.is_empty() && !t.is_empty() && !s.is_empty() => {
-                    (i, t, s)
-                }
-                _ => return Err(VerifyError::MissingHeaders),
-            };
-        let id_text = parse_id(id)?;
-        let timestamp = parse_timestamp(timestamp_raw)?;
-        if timestamp < now.saturating_sub(TOLERANCE_SECS) {
-            return Err(VerifyError::TimestampTooOld);
-        }
-        if timestamp > now.saturating_add(TOLERANCE_SECS) {
-            return Err(VerifyError::TimestampTooNew);
-        }
-        let candidates = v1_signatures(signatures);
-        if candidates.is_empty() {
-            return Err(VerifyError::InvalidSignature);
-        }
+        let headers = request.check_headers(now)?;
+        self.verify_body(&headers, request.body)
+    }
+
+    /// Verifies `body` against headers that already passed
+    /// [`SignedRequest::check_headers`].
+    pub fn verify_body(
+        &self,
+        headers: &CheckedHeaders<'_>,
+        body: &[u8],
+    ) -> Result<Verified, VerifyError> {
         for key in &self.0 {
-            let expected = key.mac(id, timestamp_raw, request.body);
-            if candidates.iter().any(|candidate| {
-                candidate.len() == SIGNATURE_LEN && bool::from(candidate.ct_eq(&expected))
-            }) {
+            let expected = key.mac(headers.id_raw, headers.timestamp_raw, body);
+            // Every candidate is compared, in constant time, whatever matched.
+            let matched = headers
+                .signatures
+                .iter()
+                .fold(subtle::Choice::from(0), |found, candidate| {
+                    found | candidate.ct_eq(&expected)
+                });
+            if bool::from(matched) {
                 return Ok(Verified {
-                    id: id_text,
-                    timestamp,
+                    id: headers.id.clone(),
+                    timestamp: headers.timestamp,
                 });
             }
         }
         Err(VerifyError::InvalidSignature)
+    }
+}
+
+/// The three headers of a delivery after the checks that need no body: all
+/// present, the id well formed, the timestamp inside the tolerance, and at
+/// least one `v1` entry that decodes to a signature of the right length.
+#[derive(Clone, Debug)]
+pub struct CheckedHeaders<'a> {
+    id: String,
+    id_raw: &'a [u8],
+    timestamp_raw: &'a [u8],
+    timestamp: i64,
+    signatures: Vec<[u8; SIGNATURE_LEN]>,
+}
+
+impl CheckedHeaders<'_> {
+    /// The `svix-id`.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 }
 
@@ -158,6 +175,42 @@ pub struct SignedRequest<'a> {
     pub signature: Option<&'a [u8]>,
     /// The body exactly as received.
     pub body: &'a [u8],
+}
+
+impl<'a> SignedRequest<'a> {
+    /// The checks that need only the headers, in the order of `SPEC.md`
+    /// section 4: every header present, the id well formed, the timestamp an
+    /// integer within [`TOLERANCE_SECS`] of `now`, and at least one `v1` entry
+    /// that decodes to a 32-byte signature. A request that fails here can be
+    /// refused before its body is read.
+    pub fn check_headers(&self, now: i64) -> Result<CheckedHeaders<'a>, VerifyError> {
+        let (id_raw, timestamp_raw, signatures) = match (self.id, self.timestamp, self.signature)
+        {
+            (Some(i), Some(t), Some(s)) if !i.is_empty() && !t.is_empty() && !s.is_empty() => {
+                (i, t, s)
+            }
+            _ => return Err(VerifyError::MissingHeaders),
+        };
+        let id = parse_id(id_raw)?;
+        let timestamp = parse_timestamp(timestamp_raw)?;
+        if timestamp < now.saturating_sub(TOLERANCE_SECS) {
+            return Err(VerifyError::TimestampTooOld);
+        }
+        if timestamp > now.saturating_add(TOLERANCE_SECS) {
+            return Err(VerifyError::TimestampTooNew);
+        }
+        let signatures = v1_signatures(signatures);
+        if signatures.is_empty() {
+            return Err(VerifyError::InvalidSignature);
+        }
+        Ok(CheckedHeaders {
+            id,
+            id_raw,
+            timestamp_raw,
+            timestamp,
+            signatures,
+        })
+    }
 }
 
 /// What a verified delivery proved.
@@ -209,9 +262,13 @@ fn parse_timestamp(raw: &[u8]) -> Result<i64, VerifyError> {
         .ok_or(VerifyError::InvalidTimestamp)
 }
 
-/// The decoded signatures of the `v1` entries; undecodable entries are dropped
-/// (they can never match).
-fn v1_signatures(header: &[u8]) -> Vec<Vec<u8>> {
+/// At most this many `v1` entries of one header are kept: Svix sends one per
+/// active secret, so a few; a longer list only costs HMAC comparisons.
+const MAX_SIGNATURES: usize = 16;
+
+/// The decoded signatures of the `v1` entries; entries that do not decode to
+/// 32 bytes are dropped (they can never match).
+fn v1_signatures(header: &[u8]) -> Vec<[u8; SIGNATURE_LEN]> {
     header
         .split(|b| *b == b' ')
         .filter_map(|entry| {
@@ -220,8 +277,9 @@ fn v1_signatures(header: &[u8]) -> Vec<Vec<u8>> {
             if version != b"v1" {
                 return None;
             }
-            STANDARD.decode(signature).ok()
+            STANDARD.decode(signature).ok()?.try_into().ok()
         })
+        .take(MAX_SIGNATURES)
         .collect()
 }
 
