@@ -40,10 +40,44 @@ pub struct Config {
     #[arg(long = "addr", env = "INGRESS_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
 
+    /// Address of the operations listener: `/readyz`, `/metrics` and
+    /// `/healthz`. Keep it off the internet.
+    #[arg(
+        long = "ops-addr",
+        env = "INGRESS_OPS_ADDR",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub ops_addr: SocketAddr,
+
     /// Bodies larger than this many bytes are refused with 413.
     #[arg(long = "max-body-bytes", env = "INGRESS_MAX_BODY_BYTES", default_value_t = 1_048_576,
           value_parser = clap::value_parser!(u64).range(1..=16 * 1024 * 1024))]
     pub max_body_bytes: u64,
+
+    /// Connections open at once on the public listener; more wait in the
+    /// kernel's backlog until one closes.
+    #[arg(long = "max-connections", env = "INGRESS_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Seconds a connection has to send a complete request head, from when it
+    /// is accepted or has received its previous response.
+    #[arg(long = "header-read-timeout-secs", env = "INGRESS_HEADER_READ_TIMEOUT_SECS",
+          default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a keep-alive connection may stay open after a response
+    /// without starting a new request.
+    #[arg(long = "idle-timeout-secs", env = "INGRESS_IDLE_TIMEOUT_SECS",
+          default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub idle_timeout_secs: u64,
+
+    /// Request bodies read and verified at once (before their signature is
+    /// known to be good); at most an eighth of them may be over 64 KiB.
+    /// Requests beyond that get 503 with Retry-After.
+    #[arg(long = "max-unverified-bodies", env = "INGRESS_MAX_UNVERIFIED_BODIES",
+          default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..=100_000))]
+    pub max_unverified_bodies: u64,
 }
 
 /// Why the configuration cannot be used. Never carries a secret's value.
@@ -63,11 +97,17 @@ pub struct Settings {
     pub amqp_prefix: String,
     pub secrets: WebhookSecrets,
     pub max_body_bytes: usize,
+    /// Bodies read and verified at once.
+    pub max_unverified_bodies: usize,
+    /// Limits of the public listener's connections.
+    pub limits: crate::server::Limits,
     /// How often the relay looks for unpublished rows it was not told about
     /// (rows of a replica that stopped, or of a failed publish).
     pub relay_poll_interval: Duration,
     /// How long start-up waits for PostgreSQL before giving up.
     pub database_patience: Duration,
+    /// How often the outbox gauges of `/metrics` are refreshed.
+    pub gauge_interval: Duration,
 }
 
 impl Config {
@@ -88,12 +128,31 @@ impl Config {
             amqp_prefix: self.amqp.amqp_prefix.clone(),
             secrets,
             max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+            max_unverified_bodies: usize::try_from(self.max_unverified_bodies)
+                .unwrap_or(usize::MAX),
+            limits: crate::server::Limits {
+                max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+                header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+                idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+            },
             relay_poll_interval: Settings::DEFAULT_RELAY_POLL_INTERVAL,
             database_patience: self.database.patience(),
+            gauge_interval: Settings::DEFAULT_GAUGE_INTERVAL,
         })
     }
 }
 
 impl Settings {
+    /// How often the outbox gauges are refreshed.
+    pub const DEFAULT_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+    /// How often the relay polls when nobody woke it.
     pub const DEFAULT_RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);
+    /// Default of `INGRESS_MAX_UNVERIFIED_BODIES`.
+    pub const DEFAULT_MAX_UNVERIFIED_BODIES: usize = 256;
+    /// Defaults of the connection limits.
+    pub const DEFAULT_LIMITS: crate::server::Limits = crate::server::Limits {
+        max_connections: 1024,
+        header_read_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(5),
+    };
 }

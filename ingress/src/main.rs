@@ -17,7 +17,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.addr))?;
-    let ingress = Ingress::build(settings, listener).await?;
+    let ops_listener = tokio::net::TcpListener::bind(config.ops_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (INGRESS_OPS_ADDR): {e}",
+                config.ops_addr
+            )
+        })?;
+    let ingress = Ingress::build(settings, listener, ops_listener).await?;
     ingress.run(shared::shutdown::on_signal()).await?;
     Ok(())
 }

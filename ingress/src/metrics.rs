@@ -19,6 +19,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// The ingress's metric families, registered once.
 pub struct Metrics {
     registry: Registry,
     requests: Family<OutcomeLabel, Counter>,
@@ -27,6 +28,8 @@ pub struct Metrics {
     relay_failures: Counter,
     unpublished: Gauge,
     oldest_unpublished: Gauge<f64, AtomicU64>,
+    open_connections: Gauge,
+    header_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -68,6 +71,18 @@ impl Default for Metrics {
             "Age of the oldest stored event the broker has not confirmed (0 when none)",
             oldest_unpublished.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "clerk_ingress_open_connections",
+            "Connections open on the public listener",
+            open_connections.clone(),
+        );
+        let header_timeouts = Counter::default();
+        registry.register(
+            "clerk_ingress_header_timeouts",
+            "Connections closed because a request head did not arrive in time",
+            header_timeouts.clone(),
+        );
         // Every outcome is shown from the start, at 0.
         for outcome in Outcome::ALL {
             let _ = requests.get_or_create(&OutcomeLabel {
@@ -82,6 +97,8 @@ impl Default for Metrics {
             relay_failures,
             unpublished,
             oldest_unpublished,
+            open_connections,
+            header_timeouts,
         }
     }
 }
@@ -97,21 +114,39 @@ impl Metrics {
         self.duration.observe(seconds);
     }
 
+    /// The relay published `count` events.
     pub fn relay_published(&self, count: u64) {
         self.relay_published.inc_by(count);
     }
 
+    /// A relay pass failed.
     pub fn relay_failure(&self) {
         self.relay_failures.inc();
     }
 
-    /// Prometheus text; `unpublished` is `(rows, oldest age in seconds)` when
-    /// the database could be asked.
-    pub fn render(&self, unpublished: Option<(i64, f64)>) -> String {
-        if let Some((rows, oldest)) = unpublished {
-            self.unpublished.set(rows);
-            self.oldest_unpublished.set(oldest);
-        }
+    /// The outbox as last counted: rows, and the oldest one's age in seconds.
+    pub fn set_unpublished(&self, rows: i64, oldest_seconds: f64) {
+        self.unpublished.set(rows);
+        self.oldest_unpublished.set(oldest_seconds);
+    }
+
+    /// A connection was accepted.
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    /// A connection was closed.
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    /// A connection was closed because its request head was too slow.
+    pub fn header_timeout(&self) {
+        self.header_timeouts.inc();
+    }
+
+    /// Prometheus text.
+    pub fn render(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -13,6 +13,8 @@ use crate::deliveries::{new_secret, Delivery};
 
 pub struct TestIngress {
     pub addr: SocketAddr,
+    /// The ops listener: `/readyz` and `/metrics`.
+    pub ops_addr: SocketAddr,
     pub secret: String,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
@@ -40,21 +42,29 @@ impl TestIngress {
             amqp_prefix: endpoints.prefix,
             secrets: WebhookSecrets::parse(&secret).expect("secret"),
             max_body_bytes: 1_048_576,
+            max_unverified_bodies: Settings::DEFAULT_MAX_UNVERIFIED_BODIES,
+            limits: Settings::DEFAULT_LIMITS,
             relay_poll_interval: Duration::from_millis(200),
             database_patience: Duration::from_secs(10),
+            gauge_interval: Duration::from_millis(200),
         };
         adjust(&mut settings);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let ingress = Ingress::build(settings, listener)
+        let ops_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind ops");
+        let ingress = Ingress::build(settings, listener, ops_listener)
             .await
             .expect("ingress starts");
         let addr = ingress.local_addr().expect("addr");
+        let ops_addr = ingress.ops_addr().expect("ops addr");
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(ingress.run(shutdown.clone()));
         Self {
             addr,
+            ops_addr,
             secret,
             http: reqwest::Client::new(),
             shutdown,
@@ -87,8 +97,17 @@ impl TestIngress {
         json_response(response).await
     }
 
+    /// GET on the public listener.
     pub async fn get(&self, path: &str) -> (StatusCode, String) {
         let response = self.http.get(self.url(path)).send().await.expect("request");
+        let status = response.status();
+        (status, response.text().await.expect("body"))
+    }
+
+    /// GET on the ops listener.
+    pub async fn ops_get(&self, path: &str) -> (StatusCode, String) {
+        let url = format!("http://{}{path}", self.ops_addr);
+        let response = self.http.get(url).send().await.expect("request");
         let status = response.status();
         (status, response.text().await.expect("body"))
     }

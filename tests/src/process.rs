@@ -26,6 +26,7 @@ impl Service {
             "AMQP_PREFIX",
             "CLERK_WEBHOOK_SECRET",
             "INGRESS_ADDR",
+            "INGRESS_OPS_ADDR",
             "WORKER_OPS_ADDR",
             "LOG_FORMAT",
             "RUST_LOG",
@@ -36,6 +37,8 @@ impl Service {
         command
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
+            // Ops listeners on free ports, so binaries can run side by side.
+            .env("INGRESS_OPS_ADDR", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -35,7 +35,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 /// The sample names the services render.
 fn exported() -> BTreeSet<String> {
-    let ingress = ingress::metrics::Metrics::default().render(Some((0, 0.0)));
+    let ingress = ingress::metrics::Metrics::default().render();
     let worker = worker::metrics::Metrics::default();
     worker.latency("user.created", 0.1);
     let worker = worker.render();

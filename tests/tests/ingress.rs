@@ -387,11 +387,13 @@ async fn with_the_broker_down_events_are_accepted_and_published_once_it_is_back(
         5,
         "nothing can be published while the broker is away"
     );
-    let (_, metrics) = ingress.get("/metrics").await;
-    assert!(
-        metrics.contains("clerk_ingress_unpublished_events 5"),
-        "{metrics}"
-    );
+    wait_for("the outbox gauge to count the five", DEADLINE, || async {
+        let (_, metrics) = ingress.ops_get("/metrics").await;
+        metrics
+            .contains("clerk_ingress_unpublished_events 5")
+            .then_some(())
+    })
+    .await;
 
     proxy.restore();
     wait_for(
@@ -432,7 +434,7 @@ async fn with_the_database_down_the_answer_is_500_and_readyz_503_until_it_is_bac
     proxy.cut();
     let delivery = Delivery::signed(&ingress.secret, user_created("user_dbdown"));
     let (status, body) = ingress.post(&delivery).await;
-    let (ready, ready_body) = ingress.get("/readyz").await;
+    let (ready, ready_body) = ingress.ops_get("/readyz").await;
     let (live, _) = ingress.get("/healthz").await;
 
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -449,7 +451,7 @@ async fn with_the_database_down_the_answer_is_500_and_readyz_503_until_it_is_bac
     })
     .await;
     assert_eq!(retried, json!({"status": "ok"}));
-    assert_eq!(ingress.get("/readyz").await.0, StatusCode::OK);
+    assert_eq!(ingress.ops_get("/readyz").await.0, StatusCode::OK);
     assert_eq!(stored_rows(&db).await, 1);
     ingress.stop().await;
 }
@@ -528,8 +530,10 @@ async fn debug_health_and_metrics_routes_answer() {
     let (debug_status, debug) = w.ingress.get("/webhooks/clerk/_debug").await;
     let debug: serde_json::Value = serde_json::from_str(&debug).unwrap();
     let (live, _) = w.ingress.get("/healthz").await;
-    let (ready, _) = w.ingress.get("/readyz").await;
-    let (metrics_status, metrics) = w.ingress.get("/metrics").await;
+    let (ready, _) = w.ingress.ops_get("/readyz").await;
+    let (metrics_status, metrics) = w.ingress.ops_get("/metrics").await;
+    let (public_metrics, _) = w.ingress.get("/metrics").await;
+    let (public_ready, _) = w.ingress.get("/readyz").await;
 
     assert_eq!(debug_status, StatusCode::OK);
     assert_eq!(debug["ok"], true);
@@ -547,6 +551,16 @@ async fn debug_health_and_metrics_routes_answer() {
     assert_eq!(live, StatusCode::OK);
     assert_eq!(ready, StatusCode::OK);
     assert_eq!(metrics_status, StatusCode::OK);
+    assert_eq!(
+        public_metrics,
+        StatusCode::NOT_FOUND,
+        "metrics stay off the public port"
+    );
+    assert_eq!(
+        public_ready,
+        StatusCode::NOT_FOUND,
+        "readyz stays off the public port"
+    );
     assert!(
         metrics.contains("clerk_ingress_requests_total{outcome=\"ok\"} 1"),
         "{metrics}"

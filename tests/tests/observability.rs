@@ -170,8 +170,10 @@ async fn the_ingress_counts_requests_by_outcome_and_their_latency() {
     ingress.post(&bad).await;
 
     let metrics = wait_for("the relay to publish", DEADLINE, || async {
-        let m = scrape(ingress.addr).await;
-        (sample(&m, "clerk_ingress_relay_published_total") == Some(1.0)).then_some(m)
+        let m = scrape(ingress.ops_addr).await;
+        let published = sample(&m, "clerk_ingress_relay_published_total") == Some(1.0);
+        let counted = sample(&m, "clerk_ingress_unpublished_events") == Some(0.0);
+        (published && counted).then_some(m)
     })
     .await;
 

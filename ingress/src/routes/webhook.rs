@@ -4,12 +4,15 @@
 //! job: it is woken here and publishes with a broker confirm, so a broker
 //! outage never turns into an error for Clerk.
 
-use std::time::Instant;
+use std::{net::SocketAddr, time::Instant};
 
 use axum::{
     body::Body,
-    extract::State,
-    http::{header::CONTENT_LENGTH, HeaderMap, StatusCode},
+    extract::{ConnectInfo, Request, State},
+    http::{
+        header::{CONTENT_LENGTH, RETRY_AFTER},
+        HeaderMap, StatusCode,
+    },
     response::{IntoResponse, Response},
     Json,
 };
@@ -21,6 +24,8 @@ use shared::{
 
 /// How long a client may take to send its body.
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// What a 503 for too many bodies in flight tells the sender to wait, in seconds.
+pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 5;
 /// How long a request may wait for its row to be committed before it answers
 /// 500 (Svix gives up after 15 s and retries).
 pub const STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -40,11 +45,13 @@ pub enum Outcome {
     InvalidSignature,
     InvalidPayload,
     PayloadTooLarge,
+    Overloaded,
     Internal,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    /// Every outcome, for metrics that show each from the start.
+    pub const ALL: [Outcome; 9] = [
         Outcome::Ok,
         Outcome::Duplicate,
         Outcome::MissingSvixHeaders,
@@ -52,6 +59,7 @@ impl Outcome {
         Outcome::InvalidSignature,
         Outcome::InvalidPayload,
         Outcome::PayloadTooLarge,
+        Outcome::Overloaded,
         Outcome::Internal,
     ];
 
@@ -65,6 +73,7 @@ impl Outcome {
             Outcome::InvalidSignature => "invalid_signature",
             Outcome::InvalidPayload => "invalid_payload",
             Outcome::PayloadTooLarge => "payload_too_large",
+            Outcome::Overloaded => "overloaded",
             Outcome::Internal => "internal",
         }
     }
@@ -79,6 +88,8 @@ pub enum WebhookError {
     Payload(#[from] PayloadError),
     #[error("body larger than {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("too many request bodies are being read; retry later")]
+    Overloaded,
     #[error("reading the request body failed")]
     UnreadableBody,
     #[error("the body did not arrive within {} s", BODY_TIMEOUT.as_secs())]
@@ -104,6 +115,7 @@ impl WebhookError {
             | WebhookError::UnreadableBody
             | WebhookError::SlowBody => Outcome::InvalidPayload,
             WebhookError::TooLarge { .. } => Outcome::PayloadTooLarge,
+            WebhookError::Overloaded => Outcome::Overloaded,
             WebhookError::Store(_) => Outcome::Internal,
         }
     }
@@ -111,6 +123,7 @@ impl WebhookError {
     fn status(&self) -> StatusCode {
         match self.outcome() {
             Outcome::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Outcome::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -125,14 +138,25 @@ impl IntoResponse for WebhookError {
             Outcome::Internal => json!({ "error": outcome.as_str() }),
             _ => json!({ "error": outcome.as_str(), "message": self.to_string() }),
         };
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if outcome == Outcome::Overloaded {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, OVERLOADED_RETRY_AFTER_SECS.into());
+        }
+        response
     }
 }
 
 #[tracing::instrument(name = "webhook.receive", skip_all)]
-pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn receive(State(state): State<AppState>, request: Request) -> Response {
     let started = Instant::now();
-    let result = accept(&state, &headers, body).await;
+    let source = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip());
+    let (parts, body) = request.into_parts();
+    let result = accept(&state, &parts.headers, body).await;
     let elapsed = started.elapsed().as_secs_f64();
     let elapsed_ms = elapsed * 1000.0;
     match result {
@@ -162,12 +186,9 @@ pub async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bo
                     "webhook not stored"
                 );
             } else {
-                tracing::warn!(
-                    outcome = outcome.as_str(),
-                    reason = %error,
-                    elapsed_ms,
-                    "webhook refused"
-                );
+                state
+                    .refusals
+                    .record(outcome.as_str(), &error.to_string(), source);
             }
             error.into_response()
         }
@@ -185,18 +206,35 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Accepted, WebhookError> {
-    tracing::debug!("reading the webhook body");
-    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(headers, body, state.max_body_bytes))
-        .await
-        .map_err(|_| WebhookError::SlowBody)??;
-    let request = SignedRequest {
+    // Everything that needs no body is checked first, so a request that
+    // cannot be good is refused before its body is read.
+    let headers_only = SignedRequest {
         id: svix_header(headers, "svix-id", "webhook-id"),
         timestamp: svix_header(headers, "svix-timestamp", "webhook-timestamp"),
         signature: svix_header(headers, "svix-signature", "webhook-signature"),
-        body: &body,
+        body: &[],
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let verified = state.secrets.verify(&request, now)?;
+    let checked = headers_only.check_headers(now)?;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > state.max_body_bytes as u64) {
+        return Err(WebhookError::TooLarge {
+            limit: state.max_body_bytes,
+        });
+    }
+    let permit = state
+        .admission
+        .try_admit(declared)
+        .ok_or(WebhookError::Overloaded)?;
+    tracing::debug!("reading the webhook body");
+    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(body, state.max_body_bytes))
+        .await
+        .map_err(|_| WebhookError::SlowBody)??;
+    let verified = state.secrets.verify_body(&checked, &body)?;
+    drop(permit);
     let event_type = event::event_type(&body)?;
     // event_type() parsed the body as JSON, which guarantees valid UTF-8.
     let text = std::str::from_utf8(&body).map_err(|_| PayloadError::NotAnObject)?;
@@ -230,18 +268,7 @@ fn svix_header<'a>(headers: &'a HeaderMap, svix: &str, standard: &str) -> Option
         .map(|value| value.as_bytes())
 }
 
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<bytes::Bytes, WebhookError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(WebhookError::TooLarge { limit });
-    }
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, WebhookError> {
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(bytes),
         Err(error) => {
