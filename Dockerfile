@@ -29,6 +29,8 @@ COPY --from=builder /out/ingress /out/worker /usr/local/bin/
 USER app:app
 ENV INGRESS_ADDR=0.0.0.0:8080 \
     LOG_FORMAT=json
-# 8080: ingress webhook listener; 9090: worker health and metrics (set WORKER_OPS_ADDR=0.0.0.0:9090)
-EXPOSE 8080 9090
+# 8080: ingress webhook listener; 9091: ingress readiness and metrics (set
+# INGRESS_OPS_ADDR=0.0.0.0:9091); 9090: worker health and metrics (set
+# WORKER_OPS_ADDR=0.0.0.0:9090). Publish only 8080 to the internet.
+EXPOSE 8080 9090 9091
 CMD ["ingress"]

@@ -74,6 +74,49 @@ impl Service {
         Self::start("worker", &["run"], &env)
     }
 
+    /// The `ingress` binary against a test database and broker prefix, on
+    /// free ports; `extra` adds or overrides variables. Returns once it
+    /// listens, with its public and ops addresses.
+    pub fn ingress_run(
+        database_url: &str,
+        prefix: &str,
+        secret: &str,
+        extra: &[(&str, &str)],
+    ) -> (Self, String, String) {
+        let amqp_url = crate::amqp_url();
+        let mut env = vec![
+            ("DATABASE_URL", database_url),
+            ("AMQP_URL", amqp_url.as_str()),
+            ("AMQP_PREFIX", prefix),
+            ("CLERK_WEBHOOK_SECRET", secret),
+            ("INGRESS_ADDR", "127.0.0.1:0"),
+        ];
+        env.extend_from_slice(extra);
+        let mut ingress = Self::start("ingress", &[], &env);
+        let listening = ingress.wait_for_line("ingress listening", Duration::from_secs(30));
+        let log: serde_json::Value = serde_json::from_str(&listening).expect("JSON log line");
+        let field = |name: &str| {
+            log[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {name} in {listening}"))
+                .to_owned()
+        };
+        let (addr, ops_addr) = (field("addr"), field("ops_addr"));
+        (ingress, addr, ops_addr)
+    }
+
+    /// The process's peak resident memory so far, in bytes (Linux).
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM line");
+        kib * 1024
+    }
+
     /// Waits for a log line containing `needle` and returns it.
     pub fn wait_for_line(&mut self, needle: &str, deadline: Duration) -> String {
         let until = Instant::now() + deadline;
