@@ -327,3 +327,73 @@ async fn three_thousand_forged_deliveries_add_a_few_log_lines_and_are_all_counte
         "the summaries account for every refusal"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keep_alive_connection_left_idle_is_closed_by_the_idle_timeout() {
+    let w = world().await;
+    // The header timeout alone would keep the connection for 300 s.
+    let (_ingress, addr, _) = w.ingress(&[
+        ("INGRESS_HEADER_READ_TIMEOUT_SECS", "300"),
+        ("INGRESS_IDLE_TIMEOUT_SECS", "1"),
+    ]);
+    let delivery = Delivery::signed(&w.secret, user_created("user_keep_alive"));
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/clerk HTTP/1.1\r\nHost: {addr}\r\nsvix-id: {}\r\nsvix-timestamp: {}\r\n\
+         svix-signature: {}\r\ncontent-length: {}\r\n\r\n",
+        delivery.id,
+        delivery.timestamp,
+        delivery.signature,
+        delivery.body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&delivery.body).await.unwrap();
+
+    // The response comes, then the connection ends without another request.
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+
+    assert!(
+        ended.is_ok(),
+        "the server closed the idle connection: {answer}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#"{"status":"ok"}"#), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let w = world().await;
+    let (_ingress, addr, ops_addr) = w.ingress(&[
+        ("INGRESS_MAX_CONNECTIONS", "2"),
+        ("INGRESS_HEADER_READ_TIMEOUT_SECS", "300"),
+    ]);
+    let first = TcpStream::connect(&addr).await.unwrap();
+    let _second = TcpStream::connect(&addr).await.unwrap();
+    wait_for("two open connections", DEADLINE, || async {
+        metric(&ops_addr, "clerk_ingress_open_connections")
+            .await
+            .filter(|n| *n == 2.0)
+    })
+    .await;
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    third
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let open_with_three_clients = metric(&ops_addr, "clerk_ingress_open_connections").await;
+
+    drop(first);
+    let answer = read_answer(&mut third, DEADLINE).await;
+
+    assert_eq!(
+        open_with_three_clients,
+        Some(2.0),
+        "the third was not accepted"
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
