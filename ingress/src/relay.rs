@@ -149,7 +149,8 @@ impl Relay {
     async fn pass(&self, broker: &mut Option<Broker>) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Pending> = sqlx::query_as(
-            "SELECT e.id, e.webhook_id, e.event_type, e.raw_body, e.traceparent \
+            "SELECT e.id, e.webhook_id, e.event_type, \
+             COALESCE(e.raw_body, convert_to(e.payload::text, 'UTF8')) AS raw_body, e.traceparent \
              FROM webhook_outbox o JOIN webhook_events e ON e.id = o.event_id \
              ORDER BY o.event_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
         )

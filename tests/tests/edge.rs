@@ -2,6 +2,8 @@
 //! heads, requests refused before their body, a flood of unfinished large
 //! bodies, and a flood of forged deliveries in the log.
 
+#![allow(clippy::unwrap_used)]
+
 use std::{
     sync::{
         atomic::{AtomicUsize, Ordering},

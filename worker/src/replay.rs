@@ -152,7 +152,8 @@ async fn replay_with(
     loop {
         let mut tx = pool.begin().await?;
         let rows: Vec<Stored> = sqlx::query_as(
-            "SELECT id, webhook_id, event_type, raw_body, traceparent FROM webhook_events \
+            "SELECT id, webhook_id, event_type, \
+             COALESCE(raw_body, convert_to(payload::text, 'UTF8')) AS raw_body, traceparent FROM webhook_events \
              WHERE id > $1 AND id <= $2 \
                AND ($3::text[] IS NULL OR webhook_id = ANY($3)) \
                AND ($4::timestamptz IS NULL OR received_at >= $4) \

@@ -37,9 +37,13 @@ pub enum Change {
         period_start: i64,
     },
     /// The plan's item ended: plan credits fall back to the default plan's
-    /// allotment (0 without one). Only the account's current item can end it.
+    /// allotment (0 without one). Only the account's current item, in its
+    /// current or a later period, can end them; any end is remembered so a
+    /// late start of that period (or an older one) grants nothing.
     PlanEnd {
         item_id: String,
+        /// The period that ended (`None`: the item's current one).
+        period_start: Option<i64>,
         fallback: Option<(String, i32)>,
     },
     /// A pack was paid: its credits are added.
@@ -54,6 +58,8 @@ pub enum Change {
 #[derive(Clone, Debug)]
 pub struct Entry<'a> {
     pub owner_id: &'a str,
+    /// Unique per change. For a plan end the ledger derives it from the
+    /// period it resolves ([`plan_end_key`]).
     pub idempotency_key: String,
     pub webhook_id: Option<&'a str>,
     pub actor: Option<&'a str>,
@@ -93,6 +99,14 @@ struct Account {
 
 /// Applies `entry` in the caller's transaction.
 pub async fn apply(conn: &mut PgConnection, entry: &Entry<'_>) -> Result<Outcome, LedgerError> {
+    if let Change::PlanEnd {
+        item_id,
+        period_start,
+        fallback,
+    } = &entry.change
+    {
+        return end_plan(conn, entry, item_id, *period_start, fallback.as_ref()).await;
+    }
     sqlx::query(
         "INSERT INTO credit_accounts (owner_id) VALUES ($1) ON CONFLICT (owner_id) DO NOTHING",
     )
@@ -118,8 +132,10 @@ pub async fn apply(conn: &mut PgConnection, entry: &Entry<'_>) -> Result<Outcome
             item_id,
             period_start,
         } => {
-            if key_used(conn, &plan_end_key(item_id)).await? {
-                return Ok(Outcome::Stale("this subscription item already ended"));
+            if ended(conn, item_id, *period_start).await? {
+                return Ok(Outcome::Stale(
+                    "this period of the subscription item already ended",
+                ));
             }
             if account
                 .plan_period_start
@@ -139,33 +155,8 @@ pub async fn apply(conn: &mut PgConnection, entry: &Entry<'_>) -> Result<Outcome
             .await?;
             (i64::from(*credits), pack)
         }
-        Change::PlanEnd { item_id, fallback } => {
-            if account.plan_item_id.as_deref() != Some(item_id.as_str()) {
-                // Not the item the plan credits come from (replaced by an
-                // upgrade or downgrade, or never granted): the balance stays,
-                // but the end is recorded so a late start of this item cannot
-                // grant its plan afterwards.
-                sqlx::query(
-                    "INSERT INTO credit_ledger (owner_id, delta, reason, idempotency_key, webhook_id, actor) \
-                     VALUES ($1, 0, 'plan_end', $2, $3, $4)",
-                )
-                .bind(entry.owner_id)
-                .bind(&entry.idempotency_key)
-                .bind(entry.webhook_id)
-                .bind(entry.actor)
-                .execute(&mut *conn)
-                .await?;
-                return Ok(Outcome::Stale(
-                    "the ended item is not the account's current plan",
-                ));
-            }
-            sqlx::query("UPDATE credit_accounts SET plan_slug = $2, plan_item_id = NULL WHERE owner_id = $1")
-                .bind(entry.owner_id)
-                .bind(fallback.as_ref().map(|(slug, _)| slug.as_str()))
-                .execute(&mut *conn)
-                .await?;
-            (fallback.as_ref().map_or(0, |(_, c)| i64::from(*c)), pack)
-        }
+        // Applied by `end_plan` before any account is touched.
+        Change::PlanEnd { .. } => return Ok(Outcome::Stale("not a balance change")),
         Change::AddPack { credits } => (plan, pack + i64::from(*credits)),
         Change::Adjust { .. } | Change::SetBalance { .. } => {
             let delta = match &entry.change {
@@ -219,6 +210,105 @@ pub async fn apply(conn: &mut PgConnection, entry: &Entry<'_>) -> Result<Outcome
     })
 }
 
+/// Records the end of `item_id`'s period and, when that is the account's
+/// current plan, drops the plan credits to the fallback. An account is never
+/// created for an end: an item that never granted writes only its end.
+async fn end_plan(
+    conn: &mut PgConnection,
+    entry: &Entry<'_>,
+    item_id: &str,
+    period_start: Option<i64>,
+    fallback: Option<&(String, i32)>,
+) -> Result<Outcome, LedgerError> {
+    let account: Option<Account> = sqlx::query_as(
+        "SELECT plan_credits, pack_credits, plan_period_start, plan_item_id \
+         FROM credit_accounts WHERE owner_id = $1 FOR UPDATE",
+    )
+    .bind(entry.owner_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let current = account
+        .as_ref()
+        .filter(|a| a.plan_item_id.as_deref() == Some(item_id));
+    let period = period_start
+        .or_else(|| current.and_then(|a| a.plan_period_start))
+        .unwrap_or(0);
+    let recorded = sqlx::query(
+        "INSERT INTO credit_plan_ends (item_id, period_start, owner_id, webhook_id) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(item_id)
+    .bind(period)
+    .bind(entry.owner_id)
+    .bind(entry.webhook_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    let key = plan_end_key(item_id, period);
+    if recorded == 0 || key_used(conn, &key).await? {
+        return Ok(Outcome::Duplicate);
+    }
+    let Some(account) = current else {
+        return Ok(Outcome::Stale(
+            "the ended item is not the account's current plan",
+        ));
+    };
+    if account
+        .plan_period_start
+        .is_some_and(|stored| stored > period)
+    {
+        return Ok(Outcome::Stale(
+            "a later period of this item is already applied",
+        ));
+    }
+    let plan = i64::from(account.plan_credits);
+    let new_plan = fallback.map_or(0, |(_, credits)| *credits);
+    let delta = i64::from(new_plan) - plan;
+    let delta32 = i32::try_from(delta).map_err(|_| LedgerError::Overflow)?;
+    sqlx::query(
+        "UPDATE credit_accounts SET plan_slug = $2, plan_item_id = NULL, plan_credits = $3, \
+         updated_at = now() WHERE owner_id = $1",
+    )
+    .bind(entry.owner_id)
+    .bind(fallback.map(|(slug, _)| slug.as_str()))
+    .bind(new_plan)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO credit_ledger (owner_id, delta, reason, idempotency_key, webhook_id, actor) \
+         VALUES ($1, $2, 'plan_end', $3, $4, $5)",
+    )
+    .bind(entry.owner_id)
+    .bind(delta32)
+    .bind(&key)
+    .bind(entry.webhook_id)
+    .bind(entry.actor)
+    .execute(&mut *conn)
+    .await?;
+    if delta != 0 {
+        schedule_sync(conn, entry.owner_id).await?;
+    }
+    Ok(Outcome::Applied {
+        delta,
+        balance: i64::from(new_plan) + i64::from(account.pack_credits),
+    })
+}
+
+/// Whether an end of `item_id` covers `period_start`.
+async fn ended(
+    conn: &mut PgConnection,
+    item_id: &str,
+    period_start: i64,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM credit_plan_ends WHERE item_id = $1 AND period_start >= $2)",
+    )
+    .bind(item_id)
+    .bind(period_start)
+    .fetch_one(conn)
+    .await
+}
+
 fn reason(change: &Change) -> Reason {
     match change {
         Change::PlanGrant { .. } => Reason::PlanGrant,
@@ -233,9 +323,9 @@ pub fn plan_key(item_id: &str, period_start: i64) -> String {
     format!("plan:{item_id}:{period_start}")
 }
 
-/// `plan_end:{subscription item id}`.
-pub fn plan_end_key(item_id: &str) -> String {
-    format!("plan_end:{item_id}")
+/// `plan_end:{subscription item id}:{period_start}`.
+pub fn plan_end_key(item_id: &str, period_start: i64) -> String {
+    format!("plan_end:{item_id}:{period_start}")
 }
 
 /// `pack:{payment attempt id}:{item id}`.

@@ -50,7 +50,21 @@ pub async fn subscription_item(
             );
             return Ok(Applied::Unchanged);
         }
-    } else if event.event_type != "subscriptionItem.ended" {
+    } else if event.event_type == "subscriptionItem.ended" {
+        // An item of a plan outside the catalog never granted anything
+        // (unless it is the account's current plan, which only a catalog
+        // plan can be): its end changes nothing and writes nothing.
+        if catalog.plan(slug).is_none()
+            && !is_current_item(conn, item.payer.owner(), item.id.as_deref()).await?
+        {
+            tracing::info!(
+                webhook_id = event.webhook_id,
+                plan = slug,
+                "ended item of a plan not in the catalog: no credits change"
+            );
+            return Ok(Applied::Unchanged);
+        }
+    } else {
         tracing::info!(
             webhook_id = event.webhook_id,
             "{}: no credits change",
@@ -79,11 +93,12 @@ pub async fn subscription_item(
                 .map(|(slug, credits)| (slug.to_owned(), credits));
             let entry = Entry {
                 owner_id: owner,
-                idempotency_key: ledger::plan_end_key(item_id),
+                idempotency_key: ledger::plan_end_key(item_id, item.period_start.unwrap_or(0)),
                 webhook_id: Some(event.webhook_id),
                 actor: None,
                 change: Change::PlanEnd {
                     item_id: item_id.to_owned(),
+                    period_start: item.period_start,
                     fallback,
                 },
             };
@@ -115,16 +130,16 @@ pub async fn payment_attempt(
         .ok_or_else(|| HandlerError::Malformed("paid payment attempt without an id".to_owned()))?;
     let mut applied = Applied::Unchanged;
     for item in &attempt.subscription_items {
-        let owner = attempt
-            .payer
-            .owner()
-            .or(item.payer.owner())
-            .ok_or_else(|| {
+        // Resolved only for an item that changes credits: an attempt whose
+        // items are all outside the catalog needs no payer.
+        let owner = || {
+            attempt.payer.owner().or(item.payer.owner()).ok_or_else(|| {
                 HandlerError::Malformed(
                     "paid payment attempt without payer.user_id or payer.organization_id"
                         .to_owned(),
                 )
-            })?;
+            })
+        };
         let Some(item_id) = item.id.as_deref() else {
             tracing::warn!(
                 webhook_id = event.webhook_id,
@@ -136,7 +151,7 @@ pub async fn payment_attempt(
         let slug = item.plan.slug.as_deref().unwrap_or_default();
         let result = if let Some(credits) = catalog.pack(slug) {
             let entry = Entry {
-                owner_id: owner,
+                owner_id: owner()?,
                 idempotency_key: ledger::pack_key(attempt_id, item_id),
                 webhook_id: Some(event.webhook_id),
                 actor: None,
@@ -147,7 +162,7 @@ pub async fn payment_attempt(
             grant(
                 conn,
                 event,
-                owner,
+                owner()?,
                 slug,
                 credits,
                 item_id,
@@ -167,6 +182,24 @@ pub async fn payment_attempt(
         }
     }
     Ok(applied)
+}
+
+/// Whether `item_id` is `owner`'s current plan item.
+async fn is_current_item(
+    conn: &mut PgConnection,
+    owner: Option<&str>,
+    item_id: Option<&str>,
+) -> Result<bool, HandlerError> {
+    let (Some(owner), Some(item_id)) = (owner, item_id) else {
+        return Ok(false);
+    };
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM credit_accounts WHERE owner_id = $1 AND plan_item_id = $2)",
+    )
+    .bind(owner)
+    .bind(item_id)
+    .fetch_one(conn)
+    .await?)
 }
 
 async fn grant(

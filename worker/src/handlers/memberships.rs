@@ -12,14 +12,48 @@ pub const ACTOR: &str = "clerk_webhook";
 /// Held only from the promotion to the commit.
 const WAITLIST_LOCK: i64 = 0x636c_6572_6b5f_776c; // "clerk_wl"
 
-/// Unlinks and cancels every membership of `user_id`, audits each, and for
-/// each one that was active promotes the oldest waitlisted membership.
+/// Why a user's memberships are released: the audit rows say which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release<'a> {
+    /// A `user.deleted` webhook, by its svix id.
+    Webhook(&'a str),
+    /// `worker sync users` found the user gone from Clerk.
+    Sync {
+        /// Who ran the reconciliation.
+        actor: &'a str,
+    },
+}
+
+impl<'a> Release<'a> {
+    fn action_type(self) -> &'static str {
+        match self {
+            Release::Webhook(_) => "user_deleted_webhook",
+            Release::Sync { .. } => "user_deleted_sync",
+        }
+    }
+
+    fn actor(self) -> &'a str {
+        match self {
+            Release::Webhook(_) => ACTOR,
+            Release::Sync { actor } => actor,
+        }
+    }
+}
+
+/// Unlinks and cancels every membership of `user_id` and audits each; then,
+/// for each one that was active, promotes the oldest waitlisted membership.
+/// Everything of the user is canceled before anyone is promoted, so a
+/// waitlisted membership of the same user never takes the freed place.
 /// Memberships are never deleted. Returns how many memberships were released.
 pub async fn release(
     conn: &mut PgConnection,
     user_id: &str,
-    webhook_id: &str,
+    cause: Release<'_>,
 ) -> Result<usize, HandlerError> {
+    let webhook_id = match cause {
+        Release::Webhook(id) => Some(id),
+        Release::Sync { .. } => None,
+    };
     let memberships: Vec<(i64, String, Option<String>)> = sqlx::query_as(
         "SELECT id, status, email FROM memberships WHERE user_id = $1 ORDER BY id FOR UPDATE",
     )
@@ -43,16 +77,20 @@ pub async fn release(
         .bind(membership_id)
         .execute(&mut *conn)
         .await?;
+        let details = serde_json::json!({"previous_status": previous_status, "email": email});
         audit(
             conn,
-            "user_deleted_webhook",
+            cause.action_type(),
+            cause.actor(),
             Some(user_id),
             *membership_id,
             webhook_id,
-            serde_json::json!({"previous_status": previous_status, "email": email}),
+            details,
         )
         .await?;
         tracing::info!(user_id, membership_id, previous_status = %previous_status, "membership canceled");
+    }
+    for (membership_id, previous_status, _) in &memberships {
         if previous_status == "active" {
             promote_next(conn, *membership_id, user_id, webhook_id).await?;
         }
@@ -64,7 +102,7 @@ async fn promote_next(
     conn: &mut PgConnection,
     freed_membership_id: i64,
     deleted_user_id: &str,
-    webhook_id: &str,
+    webhook_id: Option<&str>,
 ) -> Result<(), HandlerError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(WAITLIST_LOCK)
@@ -89,6 +127,7 @@ async fn promote_next(
     audit(
         conn,
         "waitlist_promoted",
+        ACTOR,
         promoted_user.as_deref(),
         promoted_id,
         webhook_id,
@@ -110,9 +149,10 @@ async fn promote_next(
 async fn audit(
     conn: &mut PgConnection,
     action_type: &str,
+    actor: &str,
     user_id: Option<&str>,
     membership_id: i64,
-    webhook_id: &str,
+    webhook_id: Option<&str>,
     details: serde_json::Value,
 ) -> Result<(), HandlerError> {
     sqlx::query(
@@ -120,7 +160,7 @@ async fn audit(
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(action_type)
-    .bind(ACTOR)
+    .bind(actor)
     .bind(user_id)
     .bind(membership_id)
     .bind(webhook_id)

@@ -50,6 +50,11 @@ pub async fn delete(conn: &mut PgConnection, event: &Event<'_>) -> Result<Applie
     .bind(&user.id)
     .execute(&mut *conn)
     .await?;
-    memberships::release(conn, &user.id, event.webhook_id).await?;
+    memberships::release(
+        conn,
+        &user.id,
+        memberships::Release::Webhook(event.webhook_id),
+    )
+    .await?;
     Ok(Applied::Processed)
 }
