@@ -276,6 +276,19 @@ pub mod billing {
         pub subscription_items: Vec<SubscriptionItem>,
     }
 
+    /// A payer's subscription, as `GET /users/{id}/billing/subscription`
+    /// returns it. The SDK names the list `subscription_items`, the
+    /// `subscription.*` webhooks `items`: both are accepted.
+    #[derive(Debug, Clone, Default, Deserialize)]
+    pub struct Subscription {
+        /// `active`, `past_due`, `canceled`, `ended`, …
+        #[serde(default, deserialize_with = "blank_as_none")]
+        pub status: Option<String>,
+        /// The items, current and past.
+        #[serde(default, alias = "items", deserialize_with = "null_as_default")]
+        pub subscription_items: Vec<SubscriptionItem>,
+    }
+
     impl PaymentAttempt {
         /// The attempt's identity for idempotency keys.
         pub fn key(&self) -> Option<&str> {

@@ -1,9 +1,10 @@
 //! A local stand-in for Clerk's Backend API: the only dependency the tests
-//! replace. It serves `PATCH /v1/users/{id}/metadata` and `GET /v1/users`,
-//! records every call, and can be told to fail the next metadata writes.
+//! replace. It serves `PATCH /v1/users/{id}/metadata`, `GET /v1/users`,
+//! `GET /v1/users/{id}` and the payers' `GET …/billing/subscription`, records
+//! every call, and can be told to fail the next metadata writes.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
 };
 
@@ -41,6 +42,10 @@ struct Inner {
     writes: Vec<Write>,
     write_attempts: usize,
     list_queries: Vec<(u32, Option<String>)>,
+    /// Users `GET /users/{id}` knows beyond the listed ones.
+    unlisted: Vec<Value>,
+    user_lookups: Vec<String>,
+    subscriptions: HashMap<String, Value>,
 }
 
 pub struct FakeClerk {
@@ -56,6 +61,12 @@ impl FakeClerk {
         let app = Router::new()
             .route("/v1/users/{id}/metadata", patch(write_metadata))
             .route("/v1/users", get(list_users))
+            .route("/v1/users/{id}", get(get_user))
+            .route("/v1/users/{id}/billing/subscription", get(subscription))
+            .route(
+                "/v1/organizations/{id}/billing/subscription",
+                get(subscription),
+            )
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -71,6 +82,27 @@ impl FakeClerk {
     /// The users `GET /users` pages through, in the order given.
     pub fn set_users(&self, users: Vec<Value>) {
         self.inner.lock().expect("lock").users = users;
+    }
+
+    /// Users `GET /users/{id}` finds although `GET /users` does not list them
+    /// (created while a sync pages, say).
+    pub fn set_unlisted_users(&self, users: Vec<Value>) {
+        self.inner.lock().expect("lock").unlisted = users;
+    }
+
+    /// Ids asked for with `GET /users/{id}`, in order.
+    pub fn user_lookups(&self) -> Vec<String> {
+        self.inner.lock().expect("lock").user_lookups.clone()
+    }
+
+    /// The Billing subscription of a payer (user or organization); payers
+    /// without one get 404.
+    pub fn set_subscription(&self, owner_id: &str, subscription: Value) {
+        self.inner
+            .lock()
+            .expect("lock")
+            .subscriptions
+            .insert(owner_id.to_owned(), subscription);
     }
 
     /// The next metadata writes answer these, in order; then 200 again.
@@ -201,4 +233,40 @@ async fn list_users(
         .cloned()
         .collect();
     Json(Value::Array(page)).into_response()
+}
+
+async fn get_user(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers) {
+        return clerk_error(StatusCode::UNAUTHORIZED, "invalid secret key");
+    }
+    let mut inner = inner.lock().expect("lock");
+    inner.user_lookups.push(user_id.clone());
+    let found = inner
+        .users
+        .iter()
+        .chain(&inner.unlisted)
+        .find(|u| u["id"] == json!(user_id))
+        .cloned();
+    match found {
+        Some(user) => Json(user).into_response(),
+        None => clerk_error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+async fn subscription(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path(owner_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers) {
+        return clerk_error(StatusCode::UNAUTHORIZED, "invalid secret key");
+    }
+    match inner.lock().expect("lock").subscriptions.get(&owner_id) {
+        Some(subscription) => Json(subscription.clone()).into_response(),
+        None => clerk_error(StatusCode::NOT_FOUND, "no subscription"),
+    }
 }

@@ -701,9 +701,12 @@ async fn sync_users_pages_through_three_pages_creates_missing_users_and_pushes_b
         dry_run,
         page_size: 2,
         retry_base_delay: Duration::from_millis(10),
+        actor: "test".to_owned(),
     };
+    let catalog = Catalog::parse(PLANS, "test plans").unwrap();
+    let quiet = &mut worker::sync_users::Quiet;
 
-    let dry = worker::sync_users::sync_users(&w.db.pool, &api, &request(true), &mut |_| {})
+    let dry = worker::sync_users::sync_users(&w.db.pool, &api, &catalog, &request(true), quiet)
         .await
         .unwrap();
     let users_after_dry_run: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
@@ -711,7 +714,7 @@ async fn sync_users_pages_through_three_pages_creates_missing_users_and_pushes_b
         .await
         .unwrap();
     let writes_after_dry_run = w.clerk.write_attempts();
-    let report = worker::sync_users::sync_users(&w.db.pool, &api, &request(false), &mut |_| {})
+    let report = worker::sync_users::sync_users(&w.db.pool, &api, &catalog, &request(false), quiet)
         .await
         .unwrap();
 
@@ -723,7 +726,8 @@ async fn sync_users_pages_through_three_pages_creates_missing_users_and_pushes_b
     );
     assert_eq!(
         report.to_string(),
-        "processed=5 created_users=3 credits_refreshed=2 failed=1"
+        "processed=5 created_users=3 credits_refreshed=2 failed=1 \
+         deleted_users=0 refreshed_users=1 plans_reconciled=0"
     );
     let first_pages: Vec<(u32, Option<String>)> =
         w.clerk.list_queries().into_iter().take(3).collect();

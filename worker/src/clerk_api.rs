@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::{header::RETRY_AFTER, StatusCode};
 use serde_json::{json, Value};
-use shared::secret::Secret;
+use shared::{event::billing::Subscription, secret::Secret};
 
 /// Default `CLERK_API_URL`.
 pub const DEFAULT_API_URL: &str = "https://api.clerk.com/v1";
@@ -123,6 +123,55 @@ impl ClerkApi {
                 kind_of(&other)
             ))),
         }
+    }
+}
+
+impl ClerkApi {
+    /// `GET /users/{id}`: the user, or `None` when Clerk answers 404 (the
+    /// user does not exist, or no longer does).
+    pub async fn get_user(&self, user_id: &str) -> Result<Option<Value>, ClerkError> {
+        let url = format!("{}/users/{}", self.base, path_segment(user_id));
+        self.get_or_absent(url).await
+    }
+
+    /// The payer's Billing subscription: `GET /users/{id}/billing/subscription`,
+    /// or `/organizations/{id}/…` for an organization (`org_…`). `None` when
+    /// Clerk answers 404: the payer has no subscription.
+    pub async fn billing_subscription(
+        &self,
+        owner_id: &str,
+    ) -> Result<Option<Subscription>, ClerkError> {
+        let collection = if owner_id.starts_with("org_") {
+            "organizations"
+        } else {
+            "users"
+        };
+        let url = format!(
+            "{}/{collection}/{}/billing/subscription",
+            self.base,
+            path_segment(owner_id)
+        );
+        match self.get_or_absent(url).await? {
+            None => Ok(None),
+            Some(body) => serde_json::from_value(body)
+                .map(Some)
+                .map_err(|e| ClerkError::Decode(format!("billing subscription: {e}"))),
+        }
+    }
+
+    async fn get_or_absent(&self, url: String) -> Result<Option<Value>, ClerkError> {
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(self.secret_key.expose())
+            .header("Clerk-API-Version", API_VERSION)
+            .send()
+            .await
+            .map_err(connection)?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        check(response).await.map(Some)
     }
 }
 

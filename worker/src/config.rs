@@ -139,16 +139,27 @@ pub struct CreditsAdjustArgs {
 
 #[derive(Subcommand, Clone, Debug)]
 pub enum SyncCommand {
-    /// Page through every Clerk user: create missing local users and push
-    /// credit balances to Clerk's metadata.
+    /// Reconcile with Clerk: create missing users, refresh changed ones,
+    /// release users Clerk deleted, bring plan credits in line with Clerk
+    /// Billing, and push balances to Clerk's metadata.
     Users(SyncUsersArgs),
 }
 
 #[derive(Args, Clone, Debug)]
 pub struct SyncUsersArgs {
-    /// Report what would change; write nothing locally or to Clerk.
+    /// Report and list what would change; write nothing locally or to Clerk.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Who, for the audit log; defaults to $USER.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "USER",
+        default_value = "operator",
+        hide_env_values = true
+    )]
+    pub actor: String,
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -294,12 +305,17 @@ impl Config {
             }))
     }
 
-    /// Validates everything `worker run` needs (the catalog is read here).
-    pub fn settings(&self) -> Result<Settings, ConfigError> {
-        let catalog = match &self.credit_plans {
+    /// The plan catalog of `CREDIT_PLANS`; empty when it is not set.
+    pub fn catalog(&self) -> Result<Catalog, ConfigError> {
+        Ok(match &self.credit_plans {
             Some(path) => Catalog::load(path)?,
             None => Catalog::default(),
-        };
+        })
+    }
+
+    /// Validates everything `worker run` needs (the catalog is read here).
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let catalog = self.catalog()?;
         Ok(Settings {
             database_url: self.database.database_url.clone(),
             amqp_url: self.amqp.amqp_url.clone(),

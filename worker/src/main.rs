@@ -137,6 +137,27 @@ fn progress(what: &'static str) -> impl FnMut(u64) {
     }
 }
 
+/// Progress of `sync users` on a terminal; in a dry run, each change it
+/// would make on standard output.
+struct SyncProgress {
+    terminal: bool,
+    dry_run: bool,
+}
+
+impl sync_users::Progress for SyncProgress {
+    fn step(&mut self, phase: &str, done: u64) {
+        if self.terminal {
+            eprintln!("{phase} {done}…");
+        }
+    }
+
+    fn change(&mut self, description: &str) {
+        if self.dry_run {
+            println!("would have {description}");
+        }
+    }
+}
+
 async fn dlq_list(config: &Config, args: &DlqListArgs) -> anyhow::Result<()> {
     let pool = database(config).await?;
     let (connection, names) = broker(config).await?;
@@ -265,13 +286,18 @@ async fn sync_users(config: &Config, args: &SyncUsersArgs) -> anyhow::Result<()>
     };
     let api = ClerkApi::new(&clerk.api_url, clerk.secret_key)?;
     let pool = database(config).await?;
+    let catalog = config.catalog()?;
     let request = sync_users::SyncRequest {
         dry_run: args.dry_run,
         page_size: sync_users::PAGE_SIZE,
         retry_base_delay: std::time::Duration::from_millis(500),
+        actor: args.actor.clone(),
     };
-    let report =
-        sync_users::sync_users(&pool, &api, &request, &mut progress("users processed")).await;
+    let mut progress = SyncProgress {
+        terminal: std::io::stderr().is_terminal(),
+        dry_run: args.dry_run,
+    };
+    let report = sync_users::sync_users(&pool, &api, &catalog, &request, &mut progress).await;
     pool.close().await;
     let report = report?;
     if args.dry_run {

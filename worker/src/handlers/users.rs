@@ -43,13 +43,7 @@ pub async fn upsert(conn: &mut PgConnection, event: &Event<'_>) -> Result<Applie
 /// `user.created` cannot bring it back) and releases its memberships.
 pub async fn delete(conn: &mut PgConnection, event: &Event<'_>) -> Result<Applied, HandlerError> {
     let user: DeletedUser = data(event)?;
-    sqlx::query(
-        "INSERT INTO users (id, deleted_at) VALUES ($1, now()) \
-         ON CONFLICT (id) DO UPDATE SET deleted_at = COALESCE(users.deleted_at, now()), updated_at = now()",
-    )
-    .bind(&user.id)
-    .execute(&mut *conn)
-    .await?;
+    mark_deleted(conn, &user.id).await?;
     memberships::release(
         conn,
         &user.id,
@@ -57,4 +51,17 @@ pub async fn delete(conn: &mut PgConnection, event: &Event<'_>) -> Result<Applie
     )
     .await?;
     Ok(Applied::Processed)
+}
+
+/// Marks `user_id` deleted, keeping the first deletion time; creates a
+/// tombstone for a user never seen.
+pub async fn mark_deleted(conn: &mut PgConnection, user_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO users (id, deleted_at) VALUES ($1, now()) \
+         ON CONFLICT (id) DO UPDATE SET deleted_at = COALESCE(users.deleted_at, now()), updated_at = now()",
+    )
+    .bind(user_id)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
