@@ -5,14 +5,16 @@
 --   ingress  stores deliveries and runs the publish relay
 --   worker   runs the handlers and the operators' commands
 --
--- Run it with psql as a superuser (or a role with CREATEROLE that may grant on
--- the product's tables), connected to the product's database:
+-- Run it with psql (15 or newer) as a superuser (or a role with CREATEROLE
+-- that may grant on the product's tables), connected to the product's database:
 --
+--   DB_OWNER_PASSWORD=… DB_INGRESS_PASSWORD=… DB_WORKER_PASSWORD=… \
 --   psql "postgres://postgres@db.internal/clerk_events" \
 --     -v owner=clerk_owner -v ingress=clerk_ingress -v worker=clerk_worker \
---     -v owner_password="$OWNER_PW" -v ingress_password="$INGRESS_PW" \
---     -v worker_password="$WORKER_PW" \
 --     -f deploy/postgres/roles.sql
+--
+-- The passwords come from those environment variables (kept off the command
+-- line) or from -v owner_password=… ingress_password=… worker_password=….
 --
 -- Every run converges on the same state, so run it
 --   1. before the first migration: it creates the roles and lets the owner
@@ -50,6 +52,19 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = wanted.name)
 \gexec
 
 \if :{?owner_password}
+\else
+\getenv owner_password DB_OWNER_PASSWORD
+\endif
+\if :{?ingress_password}
+\else
+\getenv ingress_password DB_INGRESS_PASSWORD
+\endif
+\if :{?worker_password}
+\else
+\getenv worker_password DB_WORKER_PASSWORD
+\endif
+
+\if :{?owner_password}
 ALTER ROLE :"owner" PASSWORD :'owner_password';
 \endif
 \if :{?ingress_password}
@@ -65,7 +80,7 @@ BEGIN;
 SELECT format('GRANT CONNECT ON DATABASE %I TO %I, %I, %I',
               current_database(), :'owner', :'ingress', :'worker')
 \gexec
-REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;  -- the default since PostgreSQL 15
 GRANT USAGE, CREATE ON SCHEMA public TO :"owner";
 GRANT USAGE ON SCHEMA public TO :"ingress", :"worker";
 
