@@ -35,7 +35,11 @@ async fn migrated_by_the_owner() -> (TestDb, PgRoles) {
         migrated,
         format!("applied={}", shared::db::MIGRATOR.iter().count())
     );
-    roles.apply();
+    let granted = roles.apply();
+    assert!(
+        !granted.contains("not created yet"),
+        "the grants name a table the migrations do not make: {granted}"
+    );
     (db, roles)
 }
 
