@@ -1,12 +1,17 @@
 //! The PostgreSQL pool and the embedded migrations of `migrations/`.
+//!
+//! A service applies pending migrations at start only when there are some:
+//! it reads `_sqlx_migrations` first, so a role without DDL rights (the
+//! services' own roles, `deploy/postgres/roles.sql`) starts on an up-to-date
+//! schema, and says in one line what to do when it is not.
 
 use std::{str::FromStr, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::{
-    migrate::Migrator,
+    migrate::{Migrate as _, MigrateError, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
-    PgPool,
+    PgConnection, PgPool,
 };
 
 use crate::secret::{redact_url, Secret};
@@ -38,7 +43,29 @@ pub enum DbError {
     },
     /// A migration failed.
     #[error("applying migrations failed")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[from] MigrateError),
+    /// Migrations are pending and the connected role may not run DDL: the
+    /// schema's owner has to apply them first.
+    #[error(
+        "migrations are pending ({}) and role {role} cannot apply them ({refusal}): run them with the owner role: `worker migrate` with the owner's DATABASE_URL",
+        versions(pending)
+    )]
+    CannotMigrate {
+        /// The connected role.
+        role: String,
+        /// Versions not applied yet.
+        pending: Vec<i64>,
+        /// PostgreSQL's refusal, e.g. "permission denied for schema public".
+        refusal: String,
+    },
+    /// The migrations table exists but this role may not read it.
+    #[error("role {role} cannot read _sqlx_migrations ({refusal}): grant it SELECT, see deploy/postgres/roles.sql")]
+    MigrationsUnreadable {
+        /// The connected role.
+        role: String,
+        /// PostgreSQL's refusal.
+        refusal: String,
+    },
     /// The session for the migrations could not be prepared.
     #[error("opening a session for the migrations failed")]
     Session(#[source] sqlx::Error),
@@ -65,9 +92,8 @@ pub fn pool(url: &Secret<String>, max_connections: u32) -> Result<PgPool, DbErro
         .connect_lazy_with(options))
 }
 
-/// Builds a pool, waits up to `patience` for the server to answer, and applies
-/// pending migrations.
-pub async fn connect_and_migrate(
+/// Builds a pool and waits up to `patience` for the server to answer.
+pub async fn connect(
     url: &Secret<String>,
     max_connections: u32,
     patience: Duration,
@@ -79,23 +105,149 @@ pub async fn connect_and_migrate(
             url: redact_url(url.expose()),
             source,
         })?;
+    Ok(pool)
+}
+
+/// Builds a pool, waits up to `patience` for the server to answer, and applies
+/// pending migrations.
+pub async fn connect_and_migrate(
+    url: &Secret<String>,
+    max_connections: u32,
+    patience: Duration,
+) -> Result<PgPool, DbError> {
+    let pool = connect(url, max_connections, patience).await?;
     migrate(&pool).await?;
     Ok(pool)
 }
 
-/// Applies pending migrations on one session without the statement timeout.
-/// That session is closed afterwards rather than returned to the pool.
-pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+/// Applies pending migrations and returns their versions (empty when the
+/// schema was up to date).
+///
+/// Nothing is locked or created when nothing is pending, so a role without
+/// DDL rights starts normally. Otherwise the migrations run on one session
+/// without the statement timeout, closed afterwards rather than returned to
+/// the pool. A role that may not run them gets [`DbError::CannotMigrate`],
+/// unless another process (the owner) applied them while it waited for
+/// sqlx's migration lock.
+pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>, DbError> {
     let mut connection = pool.acquire().await.map_err(DbError::Session)?;
+    let pending = pending_migrations(&mut connection).await?;
+    if pending.is_empty() {
+        return Ok(pending);
+    }
+    let applied = apply(&mut connection, pending).await;
+    let _ = connection.close().await;
+    if let Ok(versions) = &applied {
+        if !versions.is_empty() {
+            tracing::info!(versions = ?versions, "migrations applied");
+        }
+    }
+    applied
+}
+
+async fn apply(connection: &mut PgConnection, pending: Vec<i64>) -> Result<Vec<i64>, DbError> {
     sqlx::query("SET statement_timeout = 0")
         .execute(&mut *connection)
         .await
         .map_err(DbError::Session)?;
     // `run` with a borrowed connection trips "Acquire is not general enough"
     // in spawned futures; sqlx offers `run_direct` for exactly this.
-    MIGRATOR.run_direct(&mut *connection).await?;
-    let _ = connection.close().await;
-    Ok(())
+    let error = match MIGRATOR.run_direct(&mut *connection).await {
+        Ok(()) => return Ok(pending),
+        Err(error) => error,
+    };
+    let Some(refusal) = refusal(&error) else {
+        return Err(error.into());
+    };
+    // This session holds the migration lock now: what it reads is final.
+    let still_pending = pending_migrations(connection).await?;
+    if still_pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    Err(DbError::CannotMigrate {
+        role: current_role(connection).await,
+        pending: still_pending,
+        refusal,
+    })
+}
+
+/// The versions of [`MIGRATOR`] the database has not applied, read without
+/// taking any lock. Fails like sqlx would on a dirty migration, on an applied
+/// migration whose file changed, and on one this binary does not know.
+pub async fn pending_migrations(connection: &mut PgConnection) -> Result<Vec<i64>, DbError> {
+    let known = MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration());
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(DbError::Session)?;
+    if !exists {
+        return Ok(known.map(|m| m.version).collect());
+    }
+    let applied = match read_applied(connection).await {
+        Ok(applied) => applied,
+        Err(error) => {
+            return Err(match refusal(&error) {
+                Some(refusal) => DbError::MigrationsUnreadable {
+                    role: current_role(connection).await,
+                    refusal,
+                },
+                None => error.into(),
+            })
+        }
+    };
+    if !MIGRATOR.ignore_missing {
+        if let Some(unknown) = applied.iter().find(|a| !MIGRATOR.version_exists(a.version)) {
+            return Err(MigrateError::VersionMissing(unknown.version).into());
+        }
+    }
+    let mut pending = Vec::new();
+    for migration in known {
+        match applied.iter().find(|a| a.version == migration.version) {
+            Some(done) if done.checksum != migration.checksum => {
+                return Err(MigrateError::VersionMismatch(migration.version).into());
+            }
+            Some(_) => {}
+            None => pending.push(migration.version),
+        }
+    }
+    Ok(pending)
+}
+
+async fn read_applied(
+    connection: &mut PgConnection,
+) -> Result<Vec<sqlx::migrate::AppliedMigration>, MigrateError> {
+    if let Some(version) = connection.dirty_version().await? {
+        return Err(MigrateError::Dirty(version));
+    }
+    connection.list_applied_migrations().await
+}
+
+/// PostgreSQL's message when it refused for want of a privilege or of
+/// ownership (SQLSTATE 42501).
+fn refusal(error: &MigrateError) -> Option<String> {
+    let (MigrateError::Execute(source) | MigrateError::ExecuteMigration(source, _)) = error else {
+        return None;
+    };
+    source
+        .as_database_error()
+        .filter(|e| e.code().is_some_and(|code| code == "42501"))
+        .map(|e| e.message().to_owned())
+}
+
+async fn current_role(connection: &mut PgConnection) -> String {
+    sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(connection)
+        .await
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+fn versions(list: &[i64]) -> String {
+    list.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Retries `SELECT 1` with backoff until it succeeds or `patience` runs out.

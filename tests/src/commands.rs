@@ -38,6 +38,17 @@ pub async fn run_worker(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> Finished {
+    run_worker_at(&db.url(None), &broker.prefix, args, env).await
+}
+
+/// Runs `worker <args>` against `database_url` and the test broker with
+/// `prefix`; `env` is applied last.
+pub async fn run_worker_at(
+    database_url: &str,
+    prefix: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Finished {
     let mut command = Command::new(crate::binary("worker"));
     command.args(args);
     for name in [
@@ -52,9 +63,9 @@ pub async fn run_worker(
         command.env_remove(name);
     }
     command
-        .env("DATABASE_URL", db.url(None))
+        .env("DATABASE_URL", database_url)
         .env("AMQP_URL", crate::amqp_url())
-        .env("AMQP_PREFIX", &broker.prefix)
+        .env("AMQP_PREFIX", prefix)
         .env("DATABASE_WAIT_SECS", "5")
         .env("LOG_FORMAT", "json")
         .envs(env.iter().copied())

@@ -34,10 +34,6 @@ impl TestDb {
         admin.close().await.ok();
         let url = Self::url_for(&admin_url, &name, None);
         let pool = shared::db::pool(&Secret::new(url), 8).expect("pool");
-        shared::db::MIGRATOR
-            .run(&pool)
-            .await
-            .expect("migrations apply");
         Self {
             name,
             pool,

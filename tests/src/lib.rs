@@ -1,7 +1,7 @@
 //! Test harness for the end-to-end tests: a fresh database and a fresh broker
 //! prefix per test (both removed on drop, also when the test fails), a TCP
-//! proxy that can cut a dependency off, a real ingress on port 0, and signed
-//! Clerk-shaped deliveries.
+//! proxy that can cut a dependency off, a real ingress on port 0, signed
+//! Clerk-shaped deliveries, and restricted database roles and broker users.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod broker;
@@ -12,6 +12,7 @@ pub mod fake_clerk;
 pub mod ingress;
 pub mod process;
 pub mod proxy;
+pub mod roles;
 pub mod worker;
 
 use std::{future::Future, path::PathBuf, time::Duration};

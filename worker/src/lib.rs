@@ -11,6 +11,7 @@ pub mod dlq;
 pub mod gauges;
 pub mod handlers;
 pub mod metrics;
+pub mod migrate;
 pub mod ops;
 pub mod prune;
 pub mod replay;

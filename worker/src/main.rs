@@ -1,6 +1,6 @@
 use std::io::IsTerminal as _;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use lapin::Connection;
 use shared::amqp::Names;
 use sqlx::PgPool;
@@ -11,7 +11,7 @@ use worker::{
         PruneArgs, ReplayArgs, SyncCommand, SyncUsersArgs,
     },
     credits::adjust::{adjust, Adjustment, Target},
-    dlq, prune, replay, sync_users, Worker,
+    dlq, migrate, prune, replay, sync_users, Worker,
 };
 
 /// Exit status of a command line clap refused.
@@ -20,10 +20,17 @@ const USAGE_ERROR: i32 = 2;
 /// Database connections an operator's command uses.
 const COMMAND_POOL_SIZE: u32 = 2;
 
+/// What the command line asks for.
+enum Job {
+    /// `worker migrate`.
+    Migrate,
+    /// `worker run` or an operator's command.
+    Command(Command),
+}
+
 fn main() {
-    let config = parse();
-    let command = config.command.clone().unwrap_or(Command::Run);
-    if !matches!(command, Command::Run) && std::env::var_os("RUST_LOG").is_none() {
+    let (config, job) = parse();
+    if !matches!(job, Job::Command(Command::Run)) && std::env::var_os("RUST_LOG").is_none() {
         // An operator's command prints its own results and errors; its log
         // shows only warnings unless asked (the broker client logs a refused
         // operation as an error, which the command reports itself). Still
@@ -40,51 +47,73 @@ fn main() {
             std::process::exit(1);
         }
     };
-    runtime.block_on(dispatch(&config, command));
+    runtime.block_on(dispatch(&config, job));
 }
 
-async fn dispatch(config: &Config, command: Command) {
+async fn dispatch(config: &Config, job: Job) {
     let _telemetry = shared::telemetry::init(&config.log, "clerk-worker");
-    let result = match &command {
-        Command::Run => run(config).await,
-        Command::Dlq {
-            command: DlqCommand::List(args),
-        } => dlq_list(config, args).await,
-        Command::Dlq {
-            command: DlqCommand::Replay(args),
-        } => dlq_replay(config, args).await,
-        Command::Replay(args) => replay_from_store(config, args).await,
-        Command::Prune(args) => prune(config, args).await,
-        Command::Credits {
-            command: CreditsCommand::Adjust(args),
-        } => credits_adjust(config, args).await,
-        Command::Sync {
-            command: SyncCommand::Users(args),
-        } => sync_users(config, args).await,
+    let result = match &job {
+        Job::Migrate => migrate(config).await,
+        Job::Command(command) => match command {
+            Command::Run => run(config).await,
+            Command::Dlq {
+                command: DlqCommand::List(args),
+            } => dlq_list(config, args).await,
+            Command::Dlq {
+                command: DlqCommand::Replay(args),
+            } => dlq_replay(config, args).await,
+            Command::Replay(args) => replay_from_store(config, args).await,
+            Command::Prune(args) => prune(config, args).await,
+            Command::Credits {
+                command: CreditsCommand::Adjust(args),
+            } => credits_adjust(config, args).await,
+            Command::Sync {
+                command: SyncCommand::Users(args),
+            } => sync_users(config, args).await,
+        },
     };
     if let Err(error) = result {
-        if matches!(command, Command::Run) {
-            tracing::error!(error.message = %format!("{error:#}"), "worker stopped");
-            eprintln!("worker: {error:#}");
-        } else {
+        match job {
+            Job::Command(Command::Run) => {
+                tracing::error!(error.message = %format!("{error:#}"), "worker stopped");
+                eprintln!("worker: {error:#}");
+            }
+            // A database error says what failed; its cause says why.
+            Job::Migrate => eprintln!("worker: {error:#}"),
             // The commands' errors name their cause themselves.
-            eprintln!("worker: {error}");
+            Job::Command(_) => eprintln!("worker: {error}"),
         }
         std::process::exit(1);
     }
 }
 
-/// Parses the command line; a refused one is reported on one line.
-fn parse() -> Config {
-    match Config::try_parse() {
-        Ok(config) => config,
-        // --help and --version
-        Err(error) if !error.use_stderr() => error.exit(),
-        Err(error) => {
-            eprintln!("worker: {} (see --help)", one_line(&error.to_string()));
-            std::process::exit(USAGE_ERROR);
+/// Parses the command line; a refused one is reported on one line. The
+/// `migrate` subcommand is added here to the tree of `config.rs`; it reads
+/// only the database settings.
+fn parse() -> (Config, Job) {
+    let mut cli = Config::command().subcommand(migrate::command());
+    let matches = match cli.try_get_matches_from_mut(std::env::args_os()) {
+        Ok(matches) => matches,
+        Err(error) => refuse(error),
+    };
+    let migrating = matches.subcommand_name() == Some(migrate::NAME);
+    match Config::from_arg_matches(&matches) {
+        Ok(config) if migrating => (config, Job::Migrate),
+        Ok(config) => {
+            let command = config.command.clone().unwrap_or(Command::Run);
+            (config, Job::Command(command))
         }
+        Err(error) => refuse(error.format(&mut cli)),
     }
+}
+
+/// Exits on a command line clap did not accept (or on --help and --version).
+fn refuse(error: clap::Error) -> ! {
+    if !error.use_stderr() {
+        error.exit();
+    }
+    eprintln!("worker: {} (see --help)", one_line(&error.to_string()));
+    std::process::exit(USAGE_ERROR);
 }
 
 /// The first paragraph of clap's message, on one line.
@@ -105,6 +134,11 @@ async fn run(config: &Config) -> anyhow::Result<()> {
     let worker = Worker::build(config.settings()?, listener).await?;
     tracing::info!(ops_addr = %worker.ops_addr()?, "worker ready");
     worker.run(shared::shutdown::on_signal()).await?;
+    Ok(())
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    println!("{}", migrate::run(&config.database).await?);
     Ok(())
 }
 
