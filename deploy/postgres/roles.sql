@@ -92,7 +92,7 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM :"ingress", :"worker";
 -- What each service touches. Both read `_sqlx_migrations` at start to see
 -- whether migrations are pending.
 --
--- ingress (ingress/src/store.rs, relay.rs, routes/metrics.rs): inserts events
+-- ingress (ingress/src/store.rs, relay.rs, ops.rs): inserts events
 -- and their outbox entries; the relay reads the outbox with its events, locks
 -- outbox rows (FOR UPDATE needs UPDATE), deletes them once published, and sets
 -- `published_at` and `status`.
@@ -118,6 +118,7 @@ INSERT INTO clerk_grants VALUES
     ('worker',  'credit_accounts',       'SELECT, INSERT, UPDATE'),
     ('worker',  'credit_ledger',         'SELECT, INSERT'),
     ('worker',  'credit_ledger_id_seq',  'USAGE'),
+    ('worker',  'credit_plan_ends',      'SELECT, INSERT'),
     ('worker',  'clerk_sync_queue',      'SELECT, INSERT, UPDATE, DELETE');
 
 SELECT format('GRANT %s ON %s %I TO %I',
