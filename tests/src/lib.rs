@@ -10,6 +10,7 @@ pub mod db;
 pub mod deliveries;
 pub mod fake_clerk;
 pub mod ingress;
+pub mod plans;
 pub mod process;
 pub mod proxy;
 pub mod roles;

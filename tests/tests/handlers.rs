@@ -10,6 +10,7 @@ use e2e::{
     broker::TestBroker,
     db::TestDb,
     deliveries::{new_secret, payment_attempt, subscription_item, user_deleted, Delivery},
+    plans::PlansFile,
     process::Service,
     wait_for,
 };
@@ -40,27 +41,15 @@ struct World {
     _plans: PlansFile,
 }
 
-/// The catalog written to a file for `CREDIT_PLANS`; removed on drop.
-struct PlansFile(std::path::PathBuf);
-
-impl Drop for PlansFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 impl World {
     async fn new() -> Self {
         let db = TestDb::new().await;
         let broker = TestBroker::new().await;
         let secret = new_secret();
-        let plans = PlansFile(
-            std::env::temp_dir().join(format!("plans-{}.toml", uuid::Uuid::new_v4().simple())),
-        );
-        std::fs::write(&plans.0, PLANS).unwrap();
+        let plans = PlansFile::write(PLANS);
         let database_url = db.url(None);
         let (ingress, addr, _) = Service::ingress_run(&database_url, &broker.prefix, &secret, &[]);
-        let plans_path = plans.0.display().to_string();
+        let plans_path = plans.path();
         let worker = Service::worker_run(
             &database_url,
             &broker.prefix,

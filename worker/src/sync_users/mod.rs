@@ -158,5 +158,14 @@ pub async fn sync_users(
     let seen: HashSet<String> = users::page_through(&mut run).await?;
     users::confirm_missing(&mut run, &seen).await?;
     plans::reconcile(&mut run).await?;
+    if !request.dry_run {
+        sqlx::query(
+            "INSERT INTO admin_actions (action_type, actor, details) VALUES ('sync_users', $1, $2)",
+        )
+        .bind(&request.actor)
+        .bind(sqlx::types::Json(&run.report))
+        .execute(pool)
+        .await?;
+    }
     Ok(run.report)
 }
