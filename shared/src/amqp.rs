@@ -66,9 +66,17 @@ impl Names {
     }
 }
 
-/// Broker errors.
+/// Broker errors. None carries the password: URLs are shown through
+/// [`redact_url`], and a URL that does not parse is not shown at all.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
+    /// `AMQP_URL` does not parse as an `amqp://` or `amqps://` URL. The
+    /// parser's own message is left out: it may quote the URL.
+    #[error(
+        "AMQP_URL is not a valid amqp:// or amqps:// URL \
+         (characters such as / ? # in the password must be percent-encoded)"
+    )]
+    InvalidUrl,
     /// Connecting failed.
     #[error("RabbitMQ at {url} is unreachable: {source}")]
     Connect {
@@ -112,6 +120,7 @@ fn protocol(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
 
 /// Opens a connection named after the process, for the broker's management view.
 pub async fn connect(url: &Secret<String>, name: &str) -> Result<Connection, AmqpError> {
+    check_url(url.expose())?;
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
@@ -127,6 +136,21 @@ pub async fn connect(url: &Secret<String>, name: &str) -> Result<Connection, Amq
             url: redact_url(url.expose()),
             after: CONNECT_TIMEOUT,
         }),
+    }
+}
+
+/// Refuses what the broker client would refuse with the whole URL, password
+/// included, in its message (one without a `//` authority, for instance).
+fn check_url(url: &str) -> Result<(), AmqpError> {
+    match url::Url::parse(url) {
+        Ok(parsed)
+            if matches!(parsed.scheme(), "amqp" | "amqps")
+                && parsed.has_host()
+                && !parsed.cannot_be_a_base() =>
+        {
+            Ok(())
+        }
+        _ => Err(AmqpError::InvalidUrl),
     }
 }
 
@@ -424,4 +448,43 @@ impl Publisher {
 
 fn unroutable(returned: &BasicReturnMessage) -> AmqpError {
     AmqpError::Unroutable(format!("{} {}", returned.reply_code, returned.reply_text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_the_broker_client_would_quote_are_refused_without_showing_them() {
+        for url in [
+            "amqp:guest:hunter2@rabbit/%2f",
+            "amqp://guest:se/cr3t-pw@127.0.0.1:1/%2f",
+            "http://guest:hunter2@rabbit/",
+            "hunter2",
+        ] {
+            let error = check_url(url).unwrap_err();
+            assert!(matches!(error, AmqpError::InvalidUrl), "{url}");
+            assert!(!error.to_string().contains("hunter2"), "{error}");
+            assert!(!error.to_string().contains("cr3t"), "{error}");
+        }
+        assert!(check_url("amqp://guest:se%2Fcr3t-pw@127.0.0.1:1/%2f").is_ok());
+        assert!(check_url("amqps://rabbit/%2f?cacertfile=/ca.pem").is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_broker_is_named_without_its_password() {
+        let url = Secret::new("amqp://guest:p%40ss%2Fw0rd@127.0.0.1:1/%2f".to_owned());
+
+        let error = connect(&url, "test").await.unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.starts_with("RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("p%40ss") && !message.contains("w0rd"),
+            "{message}"
+        );
+    }
 }

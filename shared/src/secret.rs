@@ -37,25 +37,42 @@ impl From<String> for Secret<String> {
     }
 }
 
-/// Returns `url` with any password replaced by `***`, for log lines that name
-/// the server being connected to.
+/// What [`redact_url`] returns for a string it cannot name safely.
+pub const UNPARSEABLE_URL: &str = "[unparseable url]";
+
+/// Returns `url` with any password replaced by `***`, for log lines and
+/// errors that name the server being connected to: scheme, user, host, port
+/// and path. The query (which may hold `password=`) and the fragment are left
+/// out. Anything the `url` crate cannot parse, or parses into something whose
+/// password may have spilled past the host, gives [`UNPARSEABLE_URL`].
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "[unparseable url]".to_owned();
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => format!("{userinfo}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let path = path.split('?').next().unwrap_or_default();
-    format!("{scheme}://{authority}{path}")
+    match url::Url::parse(url) {
+        Ok(parsed) if nameable(&parsed) => {
+            let mut redacted = format!("{}://", parsed.scheme());
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                redacted.push_str(parsed.username());
+                if parsed.password().is_some() {
+                    redacted.push_str(":***");
+                }
+                redacted.push('@');
+            }
+            redacted.push_str(&parsed[url::Position::BeforeHost..url::Position::AfterPath]);
+            redacted
+        }
+        _ => UNPARSEABLE_URL.to_owned(),
+    }
+}
+
+/// Whether the parts [`redact_url`] shows hold nothing of the password.
+///
+/// A password with an unescaped `/`, `?` or `#` ends the authority early: the
+/// parser then reads the start of the password as a port (`user:12/x@host`)
+/// and the rest, up to its `@`, as the path, query or fragment. An `@` after
+/// the host is the sign of that, so such a URL is not shown at all.
+fn nameable(parsed: &url::Url) -> bool {
+    parsed.has_host()
+        && !parsed.cannot_be_a_base()
+        && !parsed[url::Position::BeforePath..].contains('@')
 }
 
 #[cfg(test)]
@@ -77,9 +94,93 @@ mod tests {
             "amqp://guest:***@rabbit:5672/%2f"
         );
         assert_eq!(
-            redact_url("postgres://postgres@127.0.0.1:5432/db?password=x"),
+            redact_url("postgres://postgres@127.0.0.1:5432/db"),
             "postgres://postgres@127.0.0.1:5432/db"
         );
-        assert_eq!(redact_url("nonsense"), "[unparseable url]");
+        assert_eq!(
+            redact_url("amqps://[::1]:5671/vhost"),
+            "amqps://[::1]:5671/vhost"
+        );
+    }
+
+    #[test]
+    fn redact_url_hides_odd_and_percent_encoded_passwords() {
+        for (url, shown) in [
+            (
+                "amqp://guest:p@ss@127.0.0.1:5672/%2f",
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+            ),
+            (
+                "amqp://guest:a:b@127.0.0.1:5672/%2f",
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+            ),
+            (
+                "postgres://app:se%2Fcr3t-pw@db:5432/app",
+                "postgres://app:***@db:5432/app",
+            ),
+            (
+                "postgres://app:p%40ss%3Aw%2Fo%3Frd@db/app",
+                "postgres://app:***@db/app",
+            ),
+            ("amqp://:only-a-password@rabbit/", "amqp://:***@rabbit/"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn redact_url_leaves_out_the_query_and_the_fragment() {
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/db?password=x&sslmode=require"),
+            "postgres://postgres@127.0.0.1:5432/db"
+        );
+        assert_eq!(
+            redact_url("amqps://guest:pw@rabbit/%2f?cacertfile=/ca.pem#frag"),
+            "amqps://guest:***@rabbit/%2f"
+        );
+    }
+
+    #[test]
+    fn a_password_that_spills_past_the_host_gives_the_placeholder() {
+        for url in [
+            // The port does not parse.
+            "amqp://guest:se/cr3t-pw@127.0.0.1:1/%2f",
+            "postgres://postgres:se/cr@t@127.0.0.1:5432/db",
+            // The port parses ("12"), the rest of the password is the path,
+            // the query or the fragment.
+            "amqp://guest:12/secret@rabbit:5672/%2f",
+            "amqp://guest:12?secret@rabbit:5672/%2f",
+            "amqp://guest:12#secret@rabbit:5672/%2f",
+            // No host: everything is the path.
+            "amqp:guest:secret@rabbit/%2f",
+            "amqp:/guest:secret@rabbit/%2f",
+            "nonsense",
+            "",
+        ] {
+            assert_eq!(redact_url(url), UNPARSEABLE_URL, "{url}");
+        }
+    }
+
+    fn percent_encode(text: &str) -> String {
+        text.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_password_is_ever_shown(password in "[ -~]{1,24}") {
+            let shown = "amqp://guest:***@127.0.0.1:5672/%2f";
+            let raw = redact_url(&format!("amqp://guest:{password}@127.0.0.1:5672/%2f"));
+            proptest::prop_assert!(raw == shown || raw == UNPARSEABLE_URL, "{password:?}: {raw}");
+            let encoded = format!("amqp://guest:{}@127.0.0.1:5672/%2f", percent_encode(&password));
+            proptest::prop_assert_eq!(redact_url(&encoded), shown);
+        }
     }
 }

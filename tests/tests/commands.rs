@@ -736,3 +736,145 @@ async fn a_command_against_an_unreachable_broker_fails_on_one_line_without_the_p
     assert!(error.contains("unreachable"), "{error}");
     assert!(!error.contains("hunter2"), "{error}");
 }
+
+/// A broker password with a `/`: unescaped, it makes the URL unparseable.
+const BROKER_PASSWORD: &str = "se/cr3t-pw";
+/// A database password with `/`, `@` and `:`.
+const DATABASE_PASSWORD: &str = "db/pa@ss:w0rd";
+
+/// Asserts that no spelling of either password (raw or percent-encoded)
+/// appears in `output`: each spelling keeps `cr3t` or `w0rd`.
+fn assert_no_password(output: &str) {
+    for fragment in ["cr3t", "w0rd", BROKER_PASSWORD, DATABASE_PASSWORD] {
+        assert!(!output.contains(fragment), "{fragment} in:\n{output}");
+    }
+}
+
+/// The test database's URL with `DATABASE_PASSWORD`, percent-encoded (trust
+/// authentication ignores it), or pasted in raw.
+fn database_url_with_password(db: &TestDb, encoded: bool) -> String {
+    let mut url = reqwest::Url::parse(&db.url(None)).unwrap();
+    if encoded {
+        url.set_password(Some(DATABASE_PASSWORD)).unwrap();
+        url.to_string()
+    } else {
+        url.to_string().replacen(
+            "postgres://postgres@",
+            &format!("postgres://postgres:{DATABASE_PASSWORD}@"),
+            1,
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_command_prints_an_odd_broker_or_database_password_whatever_fails() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let encoded_db = database_url_with_password(&db, true);
+    let raw_db = database_url_with_password(&db, false);
+    let raw_amqp = format!("amqp://guest:{BROKER_PASSWORD}@127.0.0.1:1/%2f");
+    let encoded_amqp = "amqp://guest:se%2Fcr3t-pw@127.0.0.1:1/%2f";
+
+    let unparseable_broker = run_worker(
+        &db,
+        &broker,
+        &["dlq", "list"],
+        &[
+            ("DATABASE_URL", encoded_db.as_str()),
+            ("AMQP_URL", raw_amqp.as_str()),
+        ],
+    )
+    .await;
+    let unreachable_broker = run_worker(
+        &db,
+        &broker,
+        &["dlq", "list"],
+        &[
+            ("DATABASE_URL", encoded_db.as_str()),
+            ("AMQP_URL", encoded_amqp),
+        ],
+    )
+    .await;
+    let unparseable_database = run_worker(
+        &db,
+        &broker,
+        &["dlq", "list"],
+        &[
+            ("DATABASE_URL", raw_db.as_str()),
+            ("AMQP_URL", raw_amqp.as_str()),
+        ],
+    )
+    .await;
+
+    for run in [
+        &unparseable_broker,
+        &unreachable_broker,
+        &unparseable_database,
+    ] {
+        assert!(!run.status.success(), "{run:?}");
+        assert_eq!(run.stderr.trim().lines().count(), 1, "{run:?}");
+        assert_no_password(&run.stderr);
+        assert_no_password(&run.stdout);
+    }
+    assert!(
+        unparseable_broker
+            .stderr
+            .contains("AMQP_URL is not a valid"),
+        "{unparseable_broker:?}"
+    );
+    assert!(
+        unreachable_broker
+            .stderr
+            .contains("RabbitMQ at amqp://guest:***@127.0.0.1:1/%2f is unreachable"),
+        "{unreachable_broker:?}"
+    );
+    assert!(
+        unparseable_database
+            .stderr
+            .contains("DATABASE_URL is not a valid"),
+        "{unparseable_database:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_run_never_prints_an_odd_broker_or_database_password_in_its_logs_or_its_error() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let encoded_db = database_url_with_password(&db, true);
+    let raw_amqp = format!("amqp://guest:{BROKER_PASSWORD}@127.0.0.1:1/%2f");
+    let encoded_amqp = "amqp://guest:se%2Fcr3t-pw@127.0.0.1:1/%2f";
+
+    let mut runs = Vec::new();
+    for amqp_url in [raw_amqp.as_str(), encoded_amqp] {
+        runs.push(
+            run_worker(
+                &db,
+                &broker,
+                &["run"],
+                &[
+                    ("DATABASE_URL", encoded_db.as_str()),
+                    ("AMQP_URL", amqp_url),
+                    ("WORKER_OPS_ADDR", "127.0.0.1:0"),
+                    ("RUST_LOG", "debug"),
+                ],
+            )
+            .await,
+        );
+    }
+
+    for run in &runs {
+        assert!(!run.status.success(), "{run:?}");
+        assert_no_password(&run.stderr);
+    }
+    assert!(
+        runs[0].stderr.contains("AMQP_URL is not a valid"),
+        "{:?}",
+        runs[0]
+    );
+    assert!(
+        runs[1].stderr.contains("RabbitMQ not reachable yet")
+            && runs[1].stderr.contains("amqp://guest:***@127.0.0.1:1/%2f"),
+        "the retries are logged, with the URL redacted: {:?}",
+        runs[1]
+    );
+}

@@ -18,6 +18,7 @@ use e2e::{
 use shared::secret::Secret;
 use sqlx::PgPool;
 use worker::{
+    clerk_api::MAX_RETRY_DELAY,
     config::ClerkSettings,
     credits::{
         adjust::{adjust, AdjustError, Adjustment, Target},
@@ -461,6 +462,75 @@ async fn the_balance_reaches_clerk_through_503_and_429_with_retry_after() {
     .await
     .unwrap();
     assert_eq!(synced, Some(500));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_of_a_day_is_cut_to_the_cap() {
+    let mut w = World::new().await;
+    w.clerk.script(&[Answer::RateLimited {
+        retry_after_secs: 86_400,
+    }]);
+
+    w.send(&[payment_attempt(
+        "pa_cap",
+        "paid",
+        "user_cap",
+        &[("csub_item_p", "credits_500", None)],
+    )])
+    .await;
+    // The row is rescheduled by the same statement that counts the attempt.
+    let (within_cap, last_error): (bool, Option<String>) =
+        wait_for("the 429 to reschedule the write", DEADLINE, || async {
+            sqlx::query_as(
+                "SELECT due_at <= clock_timestamp() + make_interval(secs => $1), last_error \
+                 FROM clerk_sync_queue WHERE owner_id = 'user_cap' AND attempts = 1",
+            )
+            .bind(MAX_RETRY_DELAY.as_secs_f64())
+            .fetch_optional(&w.db.pool)
+            .await
+            .unwrap()
+        })
+        .await;
+
+    assert!(
+        within_cap,
+        "the next write is due within {MAX_RETRY_DELAY:?}, not a day"
+    );
+    assert!(last_error.unwrap().contains("429"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_refuses_a_clerk_api_url_that_is_not_https_except_on_loopback() {
+    let w = World::new().await;
+    let database_url = w.db.url(None);
+    let key = [("CLERK_SECRET_KEY", fake_clerk::SECRET_KEY)];
+
+    let mut refusals = Vec::new();
+    for url in [
+        "http://api.clerk.com/v1",
+        "http://10.1.2.3:8080/v1",
+        "ftp://127.0.0.1/v1",
+    ] {
+        let env = [key[0], ("CLERK_API_URL", url)];
+        let mut worker = Service::worker_run(&database_url, &w.broker.prefix, &env);
+        refusals.push((url, worker.wait_exit(DEADLINE)));
+    }
+    let env = [key[0], ("CLERK_API_URL", w.clerk.url.as_str())];
+    let mut local = Service::worker_run(&database_url, &w.broker.prefix, &env);
+    local.wait_for_line("Clerk metadata sync enabled", DEADLINE);
+    local.terminate();
+    let (local_status, _) = local.wait_exit(DEADLINE);
+
+    for (url, (status, stderr)) in &refusals {
+        assert_eq!(status.code(), Some(1), "{url}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{url}: {stderr}");
+        assert!(
+            stderr.contains("CLERK_API_URL") && stderr.contains("https://"),
+            "{url}: {stderr}"
+        );
+        assert!(!stderr.contains(fake_clerk::SECRET_KEY), "{url}: {stderr}");
+    }
+    assert!(local_status.success(), "plain http to 127.0.0.1 is allowed");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -399,3 +399,32 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     );
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_never_logs_a_broker_password_whatever_its_characters() {
+    let w = world().await;
+    for url in [
+        "amqp://guest:se/cr3t-pw@127.0.0.1:1/%2f",
+        "amqp://guest:se%2Fcr3t-pw@127.0.0.1:1/%2f",
+    ] {
+        let (mut ingress, addr, _) = w.ingress(&[("AMQP_URL", url)]);
+        let delivery = Delivery::signed(&w.secret, user_created("user_unpublished"));
+        let status = reqwest::Client::new()
+            .post(format!("http://{addr}/webhooks/clerk"))
+            .header("svix-id", &delivery.id)
+            .header("svix-timestamp", &delivery.timestamp)
+            .header("svix-signature", &delivery.signature)
+            .body(delivery.body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status();
+        // The relay tries to publish the stored event and fails.
+        ingress.wait_for_line("relay could not publish", DEADLINE);
+        ingress.terminate();
+        let (_, stderr) = ingress.wait_exit(DEADLINE);
+
+        assert_eq!(status, reqwest::StatusCode::OK);
+        assert!(!stderr.contains("cr3t"), "{url}: {stderr}");
+    }
+}

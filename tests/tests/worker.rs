@@ -10,7 +10,7 @@ use e2e::{
     db::TestDb,
     deliveries::{new_id, user_deleted, user_event},
     wait_for,
-    worker::{deliver, finished_events, publish, TestWorker},
+    worker::{deliver, finished_events, publish, store, TestWorker},
 };
 use serde_json::json;
 use sqlx::PgPool;
@@ -343,28 +343,164 @@ async fn a_redelivered_event_is_applied_once() {
         event_status(&db.pool, &id).await,
         ("processed".to_owned(), 1, None)
     );
+    assert!(
+        broker.take(&broker.names.dead_letter_queue).await.is_none(),
+        "genuine duplicates are acked, not dead-lettered"
+    );
+}
+
+/// Publishes `body` straight to the events exchange, as anyone holding the
+/// broker's password could, routed as `routing_key`.
+async fn publish_by_hand(broker: &TestBroker, routing_key: &str, id: &str, body: &[u8]) {
+    broker
+        .channel
+        .basic_publish(
+            broker.names.exchange.as_str().into(),
+            routing_key.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default().with_message_id(id.into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+async fn stored_events(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn membership_status(pool: &PgPool, id: i64) -> (Option<String>, String) {
+    sqlx::query_as("SELECT user_id, status FROM memberships WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_message_without_a_stored_row_is_stored_then_applied() {
+async fn a_forged_user_deleted_published_straight_to_the_exchange_changes_nothing_and_is_dead_lettered(
+) {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
+    let member = add_membership(&db.pool, "h@example.org", Some("user_h"), "active", 500).await;
+    let waitlisted = add_membership(&db.pool, "w@example.org", None, "waitlisted", 400).await;
     let worker = TestWorker::spawn(&db, &broker).await;
-    let id = new_id();
-
-    publish(
+    // One genuine event first, so the count of stored events is not zero.
+    deliver(
+        &db,
         &broker,
         &[(
-            id.clone(),
+            new_id(),
             user_event("user.created", "user_h", "h@example.org", 1000),
         )],
     )
     .await;
     wait_finished(&db, 1).await;
+    let forged = new_id();
 
-    assert_eq!(event_status(&db.pool, &id).await.0, "processed");
-    assert!(user(&db.pool, "user_h").await.is_some());
+    publish(&broker, &[(forged.clone(), user_deleted("user_h"))]).await;
+    let dead = wait_for("the forged message in the DLQ", DEADLINE, || async {
+        broker.take(&broker.names.dead_letter_queue).await
+    })
+    .await;
+    wait_for("the queue to be empty", DEADLINE, || async {
+        (broker.worker_queue_depth().await == 0).then_some(())
+    })
+    .await;
     worker.stop().await;
+
+    assert_eq!(dead.message_id.as_deref(), Some(forged.as_str()));
+    let reason = dead.header("x-last-error").unwrap();
+    assert!(
+        reason.contains("no stored event with this svix id"),
+        "{reason}"
+    );
+    assert_eq!(dead.header("x-attempts").as_deref(), Some("0"));
+    assert_eq!(
+        membership_status(&db.pool, member).await,
+        (Some("user_h".to_owned()), "active".to_owned())
+    );
+    assert_eq!(
+        membership_status(&db.pool, waitlisted).await,
+        (None, "waitlisted".to_owned())
+    );
+    let audit_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_actions")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(audit_rows, 0);
+    assert!(
+        !user(&db.pool, "user_h").await.unwrap().3,
+        "user not deleted"
+    );
+    assert_eq!(stored_events(&db.pool).await, 1, "nothing stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_with_a_stored_svix_id_but_another_body_or_type_is_dead_lettered_and_the_genuine_one_is_processed_later(
+) {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let member = add_membership(&db.pool, "k@example.org", Some("user_k"), "active", 500).await;
+    let victim = add_membership(&db.pool, "v@example.org", Some("user_v"), "active", 450).await;
+    let id = new_id();
+    let genuine = user_deleted("user_k");
+    // Stored by the ingress, not published yet (the broker was down).
+    store(&db, &id, &genuine).await;
+    let worker = TestWorker::spawn(&db, &broker).await;
+
+    publish(&broker, &[(id.clone(), user_deleted("user_v"))]).await;
+    let other_body = wait_for("the forged body in the DLQ", DEADLINE, || async {
+        broker.take(&broker.names.dead_letter_queue).await
+    })
+    .await;
+    publish_by_hand(&broker, "user.created", &id, &genuine).await;
+    let other_type = wait_for("the re-routed copy in the DLQ", DEADLINE, || async {
+        broker.take(&broker.names.dead_letter_queue).await
+    })
+    .await;
+    let untouched = event_status(&db.pool, &id).await;
+    let victim_after_forgery = membership_status(&db.pool, victim).await;
+    // The ingress's relay publishes the stored event.
+    publish(&broker, &[(id.clone(), genuine)]).await;
+    wait_finished(&db, 1).await;
+    worker.stop().await;
+
+    let reason = other_body.header("x-last-error").unwrap();
+    assert!(reason.contains("body differs"), "{reason}");
+    let reason = other_type.header("x-last-error").unwrap();
+    assert!(reason.contains("routing key differs"), "{reason}");
+    assert_eq!(
+        untouched,
+        ("published".to_owned(), 0, None),
+        "the stored row is untouched by the forgeries"
+    );
+    assert_eq!(
+        victim_after_forgery,
+        (Some("user_v".to_owned()), "active".to_owned())
+    );
+    assert_eq!(
+        membership_status(&db.pool, member).await,
+        (None, "canceled".to_owned())
+    );
+    assert_eq!(
+        membership_status(&db.pool, victim).await,
+        (Some("user_v".to_owned()), "active".to_owned())
+    );
+    assert_eq!(
+        event_status(&db.pool, &id).await,
+        ("processed".to_owned(), 1, None)
+    );
+    assert_eq!(
+        audits(&db.pool, "user_deleted_webhook").await,
+        vec![(Some("user_k".to_owned()), Some(member), Some(id))]
+    );
+    assert!(broker.take(&broker.names.dead_letter_queue).await.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -373,30 +509,19 @@ async fn a_message_that_is_not_a_clerk_event_and_has_no_row_goes_to_the_dlq_with
     let broker = TestBroker::new().await;
     let worker = TestWorker::spawn(&db, &broker).await;
     let id = new_id();
-    let channel = &broker.channel;
-    channel
-        .basic_publish(
-            broker.names.exchange.as_str().into(),
-            "user.created".into(),
-            lapin::options::BasicPublishOptions::default(),
-            b"not an event",
-            lapin::BasicProperties::default().with_message_id(id.as_str().into()),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
 
+    publish_by_hand(&broker, "user.created", &id, b"not an event").await;
     let dead = wait_for("the dead letter", DEADLINE, || async {
         broker.take(&broker.names.dead_letter_queue).await
     })
     .await;
+    worker.stop().await;
 
     assert_eq!(dead.body, b"not an event");
     assert_eq!(dead.message_id.as_deref(), Some(id.as_str()));
     let reason = dead.header("x-last-error").unwrap();
-    assert!(reason.contains("not a Clerk event"), "{reason}");
-    worker.stop().await;
+    assert!(reason.contains("no stored event"), "{reason}");
+    assert_eq!(stored_events(&db.pool).await, 0, "nothing stored");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -415,7 +540,7 @@ async fn a_handled_type_whose_payload_cannot_parse_is_dead_lettered_at_once() {
     .await;
 
     let (status, attempts, last_error) = event_status(&db.pool, &id).await;
-    assert_eq!((status.as_str(), attempts), ("dead", 1));
+    assert_eq!((status.as_str(), attempts), ("dead", 1), "{last_error:?}");
     assert!(last_error.unwrap().contains("missing field `id`"));
     assert_eq!(dead.header("x-attempts").as_deref(), Some("1"));
     worker.stop().await;

@@ -14,6 +14,12 @@ pub const DEFAULT_API_URL: &str = "https://api.clerk.com/v1";
 pub const API_VERSION: &str = "2025-11-10";
 /// Per-request deadline.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait between two calls: the cap of the backoff of
+/// [`retrying`], and of the delay a `Retry-After` from Clerk may ask for.
+/// Clerk's rate-limit windows are 10 s and its own SDKs back off at most
+/// 60 s; a longer hint (or a broken header) would only hold a balance back,
+/// so it is cut to this.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 /// A Backend API client.
 #[derive(Clone)]
@@ -193,8 +199,7 @@ async fn check(response: reqwest::Response) -> Result<Value, ClerkError> {
             .headers()
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(parse_retry_after);
         return Err(ClerkError::RateLimited { retry_after });
     }
     if status.is_server_error() {
@@ -209,6 +214,19 @@ async fn check(response: reqwest::Response) -> Result<Value, ClerkError> {
         status: status.as_u16(),
         message,
     })
+}
+
+/// The delay a `Retry-After` header asks for, capped at [`MAX_RETRY_DELAY`].
+/// Only the delay-seconds form is read; an HTTP date or anything else gives
+/// `None`, and the caller's backoff applies.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let digits = value.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Too many digits for a u64 is still "a very long time".
+    let seconds = digits.parse::<u64>().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(seconds).min(MAX_RETRY_DELAY))
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -251,15 +269,38 @@ where
             Ok(value) => return Ok(value),
             Err(error) => match error.retry_after() {
                 Some(hint) if made < attempts => {
-                    let max = Duration::from_secs(60);
                     let delay = hint
-                        .max(shared::backoff::jittered(base, max, made))
-                        .min(max);
+                        .max(shared::backoff::jittered(base, MAX_RETRY_DELAY, made))
+                        .min(MAX_RETRY_DELAY);
                     tracing::warn!(error.message = %error, retry_in = ?delay, "Clerk call failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 _ => return Err(error),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        assert_eq!(parse_retry_after("0"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("60"), Some(MAX_RETRY_DELAY));
+        assert_eq!(parse_retry_after("86400"), Some(MAX_RETRY_DELAY));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999999"),
+            Some(MAX_RETRY_DELAY)
+        );
+    }
+
+    #[test]
+    fn a_retry_after_that_is_not_seconds_leaves_the_delay_to_the_backoff() {
+        for value in ["", "-1", "1.5", "soon", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            assert_eq!(parse_retry_after(value), None, "{value:?}");
         }
     }
 }

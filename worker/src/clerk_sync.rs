@@ -17,7 +17,10 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{clerk_api::ClerkApi, metrics::Metrics};
+use crate::{
+    clerk_api::{ClerkApi, MAX_RETRY_DELAY},
+    metrics::Metrics,
+};
 
 /// Shortest time between two writes for one user.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
@@ -44,6 +47,13 @@ struct Claimed {
     owner_id: String,
     requested_at: time::OffsetDateTime,
     attempts: i32,
+}
+
+/// The wait before writing again after a failed write: Clerk's hint (capped
+/// at [`MAX_RETRY_DELAY`]) or the backoff, whichever is longer, and never
+/// less than [`MIN_INTERVAL`].
+pub fn retry_delay(hint: Duration, backoff: Duration) -> Duration {
+    hint.min(MAX_RETRY_DELAY).max(backoff).max(MIN_INTERVAL)
 }
 
 impl Syncer {
@@ -147,7 +157,7 @@ impl Syncer {
                 Some(hint) => {
                     self.metrics.clerk_sync(error.kind());
                     let attempts = row.attempts.saturating_add(1);
-                    let delay = hint.max(self.backoff(attempts)).max(MIN_INTERVAL);
+                    let delay = retry_delay(hint, self.backoff(attempts));
                     tracing::warn!(owner_id = %row.owner_id, error.message = %error, attempts, retry_in = ?delay,
                         "Clerk metadata write failed; will retry");
                     self.reschedule(&row.owner_id, delay, attempts, Some(&error.to_string()))
@@ -198,5 +208,27 @@ impl Syncer {
             .execute(&self.pool)
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_hint_makes_a_write_wait_longer_than_the_cap() {
+        let backoff = Duration::from_secs(2);
+
+        assert_eq!(
+            retry_delay(Duration::from_secs(86_400), backoff),
+            MAX_RETRY_DELAY
+        );
+        assert_eq!(retry_delay(Duration::MAX, backoff), MAX_RETRY_DELAY);
+        assert_eq!(
+            retry_delay(Duration::from_secs(5), backoff),
+            Duration::from_secs(5)
+        );
+        assert_eq!(retry_delay(Duration::ZERO, backoff), backoff);
+        assert_eq!(retry_delay(Duration::ZERO, Duration::ZERO), MIN_INTERVAL);
     }
 }

@@ -280,20 +280,56 @@ pub struct ClerkSettings {
 /// Why the configuration cannot be used. Never carries a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The plan catalog cannot be used.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    #[error("CLERK_API_URL must be an http or https URL")]
+    /// `CLERK_API_URL` does not parse.
+    #[error("CLERK_API_URL is not a valid URL")]
     ClerkUrl,
+    /// `CLERK_API_URL` would send the secret key in the clear.
+    #[error(
+        "CLERK_API_URL {url} is refused: the secret key travels only over https:// \
+         (plain http:// only to a loopback address: 127.0.0.0/8, ::1 or localhost)"
+    )]
+    ClerkUrlInsecure {
+        /// The URL, without its password or query.
+        url: String,
+    },
+}
+
+/// Checks `CLERK_API_URL`. Every request carries `CLERK_SECRET_KEY`, so the
+/// API is reached over `https://` only, except on this machine (a loopback
+/// address or `localhost`), where plain `http://` serves a local stand-in.
+pub fn check_clerk_api_url(value: &str) -> Result<(), ConfigError> {
+    let url = url::Url::parse(value).map_err(|_| ConfigError::ClerkUrl)?;
+    let allowed = match url.scheme() {
+        "https" => url.has_host(),
+        "http" => is_loopback(url.host()),
+        _ => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ConfigError::ClerkUrlInsecure {
+            url: shared::secret::redact_url(value),
+        })
+    }
+}
+
+fn is_loopback(host: Option<url::Host<&str>>) -> bool {
+    match host {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 impl Config {
-    /// The Backend API settings, if a secret key is configured.
+    /// The Backend API settings, if a secret key is configured. The URL is
+    /// checked either way ([`check_clerk_api_url`]).
     pub fn clerk(&self) -> Result<Option<ClerkSettings>, ConfigError> {
-        if !(self.clerk_api_url.starts_with("http://")
-            || self.clerk_api_url.starts_with("https://"))
-        {
-            return Err(ConfigError::ClerkUrl);
-        }
+        check_clerk_api_url(&self.clerk_api_url)?;
         Ok(self
             .clerk_secret_key
             .as_ref()
@@ -330,5 +366,62 @@ impl Config {
             catalog,
             clerk: self.clerk()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clerk_api_url_is_https_or_plain_http_on_loopback_only() {
+        for accepted in [
+            crate::clerk_api::DEFAULT_API_URL,
+            "https://clerk.internal.example/v1",
+            "http://127.0.0.1:4010/v1",
+            "http://127.8.9.10/v1",
+            "http://[::1]:4010/v1",
+            "http://localhost:4010/v1",
+            "http://LocalHost/v1",
+        ] {
+            assert!(check_clerk_api_url(accepted).is_ok(), "{accepted}");
+        }
+        for refused in [
+            "http://api.clerk.com/v1",
+            "http://10.0.0.1/v1",
+            "http://128.0.0.1/v1",
+            "http://[::ffff:127.0.0.1]/v1",
+            "http://localhost.example.com/v1",
+            "http://127.0.0.1.example.com/v1",
+            "ftp://127.0.0.1/v1",
+            "ws://localhost/v1",
+            "file:///v1",
+        ] {
+            let error = check_clerk_api_url(refused).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::ClerkUrlInsecure { .. }),
+                "{refused}: {error}"
+            );
+        }
+        assert!(matches!(
+            check_clerk_api_url("api.clerk.com/v1"),
+            Err(ConfigError::ClerkUrl)
+        ));
+    }
+
+    #[test]
+    fn a_refused_clerk_api_url_is_named_without_its_password() {
+        let error = check_clerk_api_url("http://user:hunter2@api.clerk.com/v1?k=sk_live_x")
+            .unwrap_err()
+            .to_string();
+
+        assert!(
+            error.contains("http://user:***@api.clerk.com/v1"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("hunter2") && !error.contains("sk_live"),
+            "{error}"
+        );
     }
 }

@@ -1,6 +1,11 @@
 //! One delivery, start to finish: lock the event row, skip it if it was
 //! already processed, run the handler, mark the row, commit, then ack.
 //!
+//! Only events the ingress verified are applied: a message must match a
+//! stored row (same svix id, same raw body, routing key = stored type).
+//! Anything else was published straight to the exchange by someone holding
+//! the broker's password, and is dead-lettered untouched ([`Refusal`]).
+//!
 //! Failures are decided in one place, [`classify`]: a malformed payload is
 //! dead-lettered at once; a database error is retried with exponential
 //! backoff and jitter up to `max_attempts`, then dead-lettered; PostgreSQL
@@ -84,10 +89,35 @@ fn classify_database(error: &sqlx::Error) -> Failure {
     }
 }
 
+/// Why a message is refused without being applied: it is not the event the
+/// ingress verified and stored. The stored row, if any, is left as it is (the
+/// genuine message may still come, or be re-published from the store).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No row has the message's svix id.
+    #[error("no stored event with this svix id: not received through the ingress")]
+    NotStored,
+    /// A row has the svix id, but its raw body is not the message's body.
+    #[error("the body differs from the stored event's: not the event the ingress received")]
+    BodyDiffers,
+    /// The body is the stored one, but it was routed as another type.
+    #[error("the routing key differs from the stored event type {stored}")]
+    TypeDiffers {
+        /// The stored event type.
+        stored: String,
+    },
+}
+
+/// Metric label of the event type for messages refused or without an id:
+/// their routing key is whatever the publisher chose.
+const UNVERIFIED_TYPE: &str = "unverified";
+
 /// The stored event row, locked.
 #[derive(sqlx::FromRow)]
 struct Row {
     event_type: String,
+    /// Whether the stored raw body is the delivered body, byte for byte.
+    genuine_body: bool,
     payload: Json<Value>,
     processed_at: Option<time::OffsetDateTime>,
     status: String,
@@ -103,6 +133,8 @@ enum Attempt {
         received_at: time::OffsetDateTime,
     },
     AlreadyProcessed,
+    /// Not an event the ingress stored: dead-letter it, touch nothing.
+    Refused(Refusal),
     /// The row says an earlier run dead-lettered it but the ack was lost.
     AlreadyDead {
         attempts: i32,
@@ -135,11 +167,13 @@ async fn handle_delivery(ctx: &Context, delivery: Delivery) {
     else {
         let reason = "message has no message_id (svix-id)";
         tracing::error!(outcome = "dead_lettered", reason, "unidentifiable message");
-        dead_letter(ctx, &delivery, "", 0, reason).await;
+        dead_letter(ctx, &delivery, "", UNVERIFIED_TYPE, 0, reason).await;
         return;
     };
     let type_hint = delivery.routing_key.to_string();
     let mut outage_delays = outage_backoff(ctx);
+    // Failed attempts of this delivery, for a failure no row can count.
+    let mut failures_here = 0;
     loop {
         let result = attempt(ctx, &webhook_id, &delivery).await;
         match result {
@@ -171,11 +205,26 @@ async fn handle_delivery(ctx: &Context, delivery: Delivery) {
                 tracing::info!(webhook_id, event_type = %type_hint, outcome = "duplicate", "event already processed");
                 return;
             }
+            Ok(Attempt::Refused(refusal)) => {
+                let reason = refusal.to_string();
+                tracing::error!(webhook_id, routing_key = %type_hint, reason, outcome = "dead_lettered",
+                    "message refused: not an event the ingress stored; nothing applied");
+                dead_letter(ctx, &delivery, &webhook_id, UNVERIFIED_TYPE, 0, &reason).await;
+                return;
+            }
             Ok(Attempt::AlreadyDead {
                 attempts,
                 last_error,
             }) => {
-                dead_letter(ctx, &delivery, &webhook_id, attempts, &last_error).await;
+                dead_letter(
+                    ctx,
+                    &delivery,
+                    &webhook_id,
+                    &type_hint,
+                    attempts,
+                    &last_error,
+                )
+                .await;
                 return;
             }
             Err(error) => match classify(&error) {
@@ -190,9 +239,14 @@ async fn handle_delivery(ctx: &Context, delivery: Delivery) {
                 }
                 failure => {
                     let reason = error.to_string();
-                    let attempts = match record_failure(ctx, &webhook_id, &reason, failure).await {
-                        Ok(Some(attempts)) => attempts,
-                        Ok(None) => {
+                    failures_here += 1;
+                    let recorded = record_failure(ctx, &delivery, &webhook_id, &reason, failure);
+                    let attempts = match recorded.await {
+                        Ok(Recorded::Attempts(attempts)) => attempts,
+                        // Failed before the message was checked against the
+                        // store: count here, leave the row alone.
+                        Ok(Recorded::NotStored) => failures_here,
+                        Ok(Recorded::AlreadyProcessed) => {
                             ack(&delivery).await;
                             ctx.metrics.event(&type_hint, "duplicate");
                             tracing::info!(webhook_id, event_type = %type_hint, outcome = "duplicate",
@@ -214,7 +268,8 @@ async fn handle_delivery(ctx: &Context, delivery: Delivery) {
                     if failure == Failure::Permanent || attempts >= ctx.max_attempts as i32 {
                         tracing::error!(webhook_id, event_type = %type_hint, attempts, error.message = %reason,
                             outcome = "dead_lettered", "event failed for good");
-                        dead_letter(ctx, &delivery, &webhook_id, attempts, &reason).await;
+                        dead_letter(ctx, &delivery, &webhook_id, &type_hint, attempts, &reason)
+                            .await;
                         return;
                     }
                     let delay = retry_delay(ctx, attempts);
@@ -238,14 +293,14 @@ async fn attempt(
     delivery: &Delivery,
 ) -> Result<Attempt, HandlerError> {
     let mut tx = ctx.pool.begin().await?;
-    let row = lock_row(&mut tx, webhook_id).await?;
-    let row = match row {
-        Some(row) => row,
-        None => {
-            insert_from_message(&mut tx, webhook_id, delivery).await?;
-            lock_row(&mut tx, webhook_id)
-                .await?
-                .ok_or_else(|| HandlerError::Malformed("stored event vanished".to_owned()))?
+    let row = lock_row(&mut tx, webhook_id, &delivery.data).await?;
+    // Before anything that counts an attempt or marks the row: a message the
+    // ingress did not store changes nothing, its row included.
+    let row = match verify(row, delivery.routing_key.as_str()) {
+        Ok(row) => row,
+        Err(refusal) => {
+            tx.rollback().await?;
+            return Ok(Attempt::Refused(refusal));
         }
     };
     if row.processed_at.is_some() {
@@ -280,90 +335,95 @@ async fn attempt(
     })
 }
 
+/// Locks the row of `webhook_id` and compares its raw body with `body`.
 async fn lock_row(
     tx: &mut sqlx::PgConnection,
     webhook_id: &str,
+    body: &[u8],
 ) -> Result<Option<Row>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT event_type, payload, processed_at, status, attempts, last_error, received_at \
-         FROM webhook_events WHERE webhook_id = $1 FOR UPDATE",
+        "SELECT event_type, payload, COALESCE(raw_body, convert_to(payload::text, 'UTF8')) = $2 AS genuine_body, processed_at, status, \
+         attempts, last_error, received_at FROM webhook_events WHERE webhook_id = $1 FOR UPDATE",
     )
     .bind(webhook_id)
+    .bind(body)
     .fetch_optional(tx)
     .await
 }
 
-/// A message without a stored row (published by hand, or by an older
-/// version) is stored first, as the ingress would have, so it is archived,
-/// replayable and deduplicated like any other. It must be a JSON object with a
-/// string `type`; anything else is dead-lettered.
-async fn insert_from_message(
-    tx: &mut sqlx::PgConnection,
-    webhook_id: &str,
-    delivery: &Delivery,
-) -> Result<(), HandlerError> {
-    let event_type = shared::event::event_type(&delivery.data).map_err(|e| {
-        HandlerError::Malformed(format!(
-            "message has no stored event and is not a Clerk event: {e}"
-        ))
-    })?;
-    let text =
-        std::str::from_utf8(&delivery.data).map_err(|e| HandlerError::Malformed(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO webhook_events (webhook_id, event_type, payload, raw_body, published_at, status) \
-         VALUES ($1, $2, $3::jsonb, $4, now(), 'published') ON CONFLICT (webhook_id) DO NOTHING",
-    )
-    .bind(webhook_id)
-    .bind(&event_type)
-    .bind(text)
-    .bind(delivery.data.as_slice())
-    .execute(tx)
-    .await?;
-    tracing::warn!(
-        webhook_id,
-        event_type,
-        "message had no stored event: stored it from the message"
-    );
-    Ok(())
+/// Whether the message is the event the ingress stored: a row with its svix
+/// id, the same raw body, and the stored type as routing key (the ingress,
+/// its relay and every replay publish exactly that).
+fn verify(row: Option<Row>, routing_key: &str) -> Result<Row, Refusal> {
+    let row = row.ok_or(Refusal::NotStored)?;
+    if !row.genuine_body {
+        return Err(Refusal::BodyDiffers);
+    }
+    if row.event_type != routing_key {
+        return Err(Refusal::TypeDiffers {
+            stored: row.event_type,
+        });
+    }
+    Ok(row)
 }
 
-/// Counts a failed attempt; returns the attempts so far, or `None` when the
-/// event turns out to be processed already.
+/// What counting a failed attempt found.
+enum Recorded {
+    /// The row counts this many attempts now.
+    Attempts(i32),
+    /// A copy of the event committed meanwhile: the failure is moot.
+    AlreadyProcessed,
+    /// No unprocessed row stores this message (the failure came before the
+    /// message was checked against the store, or the row was pruned):
+    /// nothing was written.
+    NotStored,
+}
+
+/// Counts a failed attempt on the row that stores this very message.
 async fn record_failure(
     ctx: &Context,
+    delivery: &Delivery,
     webhook_id: &str,
     reason: &str,
     failure: Failure,
-) -> Result<Option<i32>, sqlx::Error> {
+) -> Result<Recorded, sqlx::Error> {
     // A copy of the event may have committed meanwhile (two copies delivered at
-    // once): then the failure is moot and the row must keep its outcome.
+    // once): then the failure is moot and the row must keep its outcome. A
+    // message that is not the stored one never counts on its row.
     let (attempts, processed): (Option<i32>, bool) = sqlx::query_as(
         "WITH failed AS (\
              UPDATE webhook_events SET attempts = attempts + 1, last_error = $2, \
              status = CASE WHEN $3 OR attempts + 1 >= $4 THEN 'dead' ELSE 'failed' END \
-             WHERE webhook_id = $1 AND processed_at IS NULL RETURNING attempts) \
+             WHERE webhook_id = $1 AND processed_at IS NULL AND COALESCE(raw_body, convert_to(payload::text, 'UTF8')) = $5 AND event_type = $6 \
+             RETURNING attempts) \
          SELECT (SELECT attempts FROM failed), \
-                EXISTS (SELECT 1 FROM webhook_events WHERE webhook_id = $1 AND processed_at IS NOT NULL)",
+                EXISTS (SELECT 1 FROM webhook_events \
+                        WHERE webhook_id = $1 AND processed_at IS NOT NULL \
+                          AND COALESCE(raw_body, convert_to(payload::text, 'UTF8')) = $5 AND event_type = $6)",
     )
     .bind(webhook_id)
     .bind(reason)
     .bind(failure == Failure::Permanent)
     .bind(ctx.max_attempts as i32)
+    .bind(delivery.data.as_slice())
+    .bind(delivery.routing_key.as_str())
     .fetch_one(&ctx.pool)
     .await?;
-    if processed {
-        return Ok(None);
-    }
-    // A message without a stored row has made one attempt.
-    Ok(Some(attempts.unwrap_or(1)))
+    Ok(match (attempts, processed) {
+        (_, true) => Recorded::AlreadyProcessed,
+        (Some(attempts), false) => Recorded::Attempts(attempts),
+        (None, false) => Recorded::NotStored,
+    })
 }
 
 /// Publishes the message to the dead-letter exchange with its attempts and
 /// last error, and acks the original only once the broker confirmed.
+/// `type_label` is the event type the metrics count it under.
 async fn dead_letter(
     ctx: &Context,
     delivery: &Delivery,
     webhook_id: &str,
+    type_label: &str,
     attempts: i32,
     reason: &str,
 ) {
@@ -381,7 +441,7 @@ async fn dead_letter(
     match ctx.publisher.dead_letter(&letter).await {
         Ok(()) => {
             ack(delivery).await;
-            ctx.metrics.dead_lettered(delivery.routing_key.as_str());
+            ctx.metrics.dead_lettered(type_label);
         }
         Err(error) => {
             tracing::error!(webhook_id, error.message = %error,

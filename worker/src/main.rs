@@ -8,7 +8,7 @@ use worker::{
     clerk_api::ClerkApi,
     config::{
         Command, Config, CreditsAdjustArgs, CreditsCommand, DlqCommand, DlqListArgs, DlqReplayArgs,
-        PruneArgs, ReplayArgs, SyncCommand, SyncUsersArgs,
+        PruneArgs, ReplayArgs, Settings, SyncCommand, SyncUsersArgs,
     },
     credits::adjust::{adjust, Adjustment, Target},
     dlq, migrate, prune, replay, sync_users, Worker,
@@ -30,6 +30,18 @@ enum Job {
 
 fn main() {
     let (config, job) = parse();
+    // `worker run` refuses a configuration it cannot use on one line, before
+    // its logs start (the other commands check what they use as they go).
+    let settings = match job {
+        Job::Command(Command::Run) => match config.settings() {
+            Ok(settings) => Some(settings),
+            Err(error) => {
+                eprintln!("worker: {error}");
+                std::process::exit(1);
+            }
+        },
+        _ => None,
+    };
     if !matches!(job, Job::Command(Command::Run)) && std::env::var_os("RUST_LOG").is_none() {
         // An operator's command prints its own results and errors; its log
         // shows only warnings unless asked (the broker client logs a refused
@@ -47,15 +59,15 @@ fn main() {
             std::process::exit(1);
         }
     };
-    runtime.block_on(dispatch(&config, job));
+    runtime.block_on(dispatch(&config, job, settings));
 }
 
-async fn dispatch(config: &Config, job: Job) {
+async fn dispatch(config: &Config, job: Job, settings: Option<Settings>) {
     let _telemetry = shared::telemetry::init(&config.log, "clerk-worker");
     let result = match &job {
         Job::Migrate => migrate(config).await,
         Job::Command(command) => match command {
-            Command::Run => run(config).await,
+            Command::Run => run(config, settings).await,
             Command::Dlq {
                 command: DlqCommand::List(args),
             } => dlq_list(config, args).await,
@@ -127,11 +139,15 @@ fn one_line(message: &str) -> String {
         .join(" ")
 }
 
-async fn run(config: &Config) -> anyhow::Result<()> {
+async fn run(config: &Config, settings: Option<Settings>) -> anyhow::Result<()> {
+    let settings = match settings {
+        Some(settings) => settings,
+        None => config.settings()?,
+    };
     let listener = tokio::net::TcpListener::bind(config.ops_addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.ops_addr))?;
-    let worker = Worker::build(config.settings()?, listener).await?;
+    let worker = Worker::build(settings, listener).await?;
     tracing::info!(ops_addr = %worker.ops_addr()?, "worker ready");
     worker.run(shared::shutdown::on_signal()).await?;
     Ok(())
