@@ -13,6 +13,7 @@ use std::{sync::Arc, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::Connection;
+use shared::event_status::PUBLISHED_BODY;
 use shared::{
     amqp::{self, AmqpError, Names, OutgoingEvent, Publisher},
     secret::Secret,
@@ -148,12 +149,11 @@ impl Relay {
     /// One batch: claim, publish, mark. Returns how many rows were published.
     async fn pass(&self, broker: &mut Option<Broker>) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<Pending> = sqlx::query_as(
-            "SELECT e.id, e.webhook_id, e.event_type, \
-             COALESCE(e.raw_body, convert_to(e.payload::text, 'UTF8')) AS raw_body, e.traceparent \
-             FROM webhook_outbox o JOIN webhook_events e ON e.id = o.event_id \
-             ORDER BY o.event_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
-        )
+        let rows: Vec<Pending> = sqlx::query_as(&format!(
+            "SELECT e.id, e.webhook_id, e.event_type, {PUBLISHED_BODY} AS raw_body, e.traceparent \
+                 FROM webhook_outbox o JOIN webhook_events e ON e.id = o.event_id \
+                 ORDER BY o.event_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED"
+        ))
         .bind(BATCH_SIZE)
         .fetch_all(&mut *tx)
         .await?;
@@ -189,15 +189,7 @@ impl Relay {
             .collect();
         let (confirmed, first_error) = publisher.publish_confirmed(&events).await;
         if !confirmed.is_empty() {
-            sqlx::query(
-                "WITH done AS (DELETE FROM webhook_outbox WHERE event_id = ANY($1) RETURNING event_id) \
-                 UPDATE webhook_events SET published_at = now(), \
-                 status = CASE WHEN status = 'received' THEN 'published' ELSE status END \
-                 WHERE id IN (SELECT event_id FROM done)",
-            )
-            .bind(&confirmed)
-            .execute(&mut *tx)
-            .await?;
+            shared::event_status::mark_published(&mut tx, &confirmed).await?;
         }
         tx.commit().await?;
         self.metrics.relay_published(confirmed.len() as u64);

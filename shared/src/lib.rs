@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod event;
+pub mod event_status;
 pub mod secret;
 pub mod shutdown;
 pub mod svix;

@@ -21,6 +21,7 @@ use lapin::{
 };
 use serde_json::Value;
 use shared::amqp::{DeadLetter, OutgoingEvent, Publisher};
+use shared::event_status::{self, FailedAttempt, Recorded, Status, PUBLISHED_BODY};
 use sqlx::{types::Json, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -307,7 +308,7 @@ async fn attempt(
         tx.commit().await?;
         return Ok(Attempt::AlreadyProcessed);
     }
-    if row.status == "dead" {
+    if Status::parse(&row.status) == Some(Status::Dead) {
         tx.commit().await?;
         return Ok(Attempt::AlreadyDead {
             attempts: row.attempts,
@@ -320,14 +321,7 @@ async fn attempt(
         payload: &row.payload.0,
     };
     let applied = handlers::apply(&mut tx, &event, &ctx.catalog).await?;
-    sqlx::query(
-        "UPDATE webhook_events SET status = $2, processed_at = now(), attempts = attempts + 1, \
-         last_error = NULL WHERE webhook_id = $1",
-    )
-    .bind(webhook_id)
-    .bind(applied.status())
-    .execute(&mut *tx)
-    .await?;
+    event_status::mark_applied(&mut tx, webhook_id, applied.status()).await?;
     tx.commit().await?;
     Ok(Attempt::Done {
         applied,
@@ -341,10 +335,11 @@ async fn lock_row(
     webhook_id: &str,
     body: &[u8],
 ) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT event_type, payload, COALESCE(raw_body, convert_to(payload::text, 'UTF8')) = $2 AS genuine_body, processed_at, status, \
-         attempts, last_error, received_at FROM webhook_events WHERE webhook_id = $1 FOR UPDATE",
-    )
+    sqlx::query_as(&format!(
+        "SELECT event_type, payload, {PUBLISHED_BODY} = $2 AS genuine_body, processed_at, \
+             status, attempts, last_error, received_at FROM webhook_events \
+             WHERE webhook_id = $1 FOR UPDATE"
+    ))
     .bind(webhook_id)
     .bind(body)
     .fetch_optional(tx)
@@ -367,19 +362,10 @@ fn verify(row: Option<Row>, routing_key: &str) -> Result<Row, Refusal> {
     Ok(row)
 }
 
-/// What counting a failed attempt found.
-enum Recorded {
-    /// The row counts this many attempts now.
-    Attempts(i32),
-    /// A copy of the event committed meanwhile: the failure is moot.
-    AlreadyProcessed,
-    /// No unprocessed row stores this message (the failure came before the
-    /// message was checked against the store, or the row was pruned):
-    /// nothing was written.
-    NotStored,
-}
-
-/// Counts a failed attempt on the row that stores this very message.
+/// Counts a failed attempt on the row that stores this very message. A copy
+/// of the event may have committed meanwhile (two copies delivered at once):
+/// then the failure is moot and the row keeps its outcome. A message that is
+/// not the stored one never counts on its row.
 async fn record_failure(
     ctx: &Context,
     delivery: &Delivery,
@@ -387,33 +373,19 @@ async fn record_failure(
     reason: &str,
     failure: Failure,
 ) -> Result<Recorded, sqlx::Error> {
-    // A copy of the event may have committed meanwhile (two copies delivered at
-    // once): then the failure is moot and the row must keep its outcome. A
-    // message that is not the stored one never counts on its row.
-    let (attempts, processed): (Option<i32>, bool) = sqlx::query_as(
-        "WITH failed AS (\
-             UPDATE webhook_events SET attempts = attempts + 1, last_error = $2, \
-             status = CASE WHEN $3 OR attempts + 1 >= $4 THEN 'dead' ELSE 'failed' END \
-             WHERE webhook_id = $1 AND processed_at IS NULL AND COALESCE(raw_body, convert_to(payload::text, 'UTF8')) = $5 AND event_type = $6 \
-             RETURNING attempts) \
-         SELECT (SELECT attempts FROM failed), \
-                EXISTS (SELECT 1 FROM webhook_events \
-                        WHERE webhook_id = $1 AND processed_at IS NOT NULL \
-                          AND COALESCE(raw_body, convert_to(payload::text, 'UTF8')) = $5 AND event_type = $6)",
+    let mut conn = ctx.pool.acquire().await?;
+    event_status::record_failure(
+        &mut conn,
+        &FailedAttempt {
+            webhook_id,
+            body: &delivery.data,
+            event_type: delivery.routing_key.as_str(),
+            reason,
+            permanent: failure == Failure::Permanent,
+            max_attempts: ctx.max_attempts as i32,
+        },
     )
-    .bind(webhook_id)
-    .bind(reason)
-    .bind(failure == Failure::Permanent)
-    .bind(ctx.max_attempts as i32)
-    .bind(delivery.data.as_slice())
-    .bind(delivery.routing_key.as_str())
-    .fetch_one(&ctx.pool)
-    .await?;
-    Ok(match (attempts, processed) {
-        (_, true) => Recorded::AlreadyProcessed,
-        (Some(attempts), false) => Recorded::Attempts(attempts),
-        (None, false) => Recorded::NotStored,
-    })
+    .await
 }
 
 /// Publishes the message to the dead-letter exchange with its attempts and

@@ -731,13 +731,7 @@ async fn republish(
         .filter(|(_, confirm)| confirm.is_ok())
         .map(|(s, _)| s.webhook_id.as_str())
         .collect();
-    sqlx::query(
-        "UPDATE webhook_events SET status = 'published', attempts = 0, last_error = NULL \
-         WHERE webhook_id = ANY($1) AND processed_at IS NULL",
-    )
-    .bind(&confirmed)
-    .execute(&mut *tx)
-    .await?;
+    shared::event_status::restart_replayed(&mut tx, &confirmed).await?;
     tx.commit().await?;
     Ok(confirms)
 }

@@ -130,8 +130,7 @@ pub enum PruneError {
 }
 
 /// The rows a prune may delete, older than `$1`.
-const CANDIDATES: &str = "status IN ('processed', 'ignored') AND processed_at IS NOT NULL \
-                          AND received_at < $1";
+const CANDIDATES: &str = shared::event_status::PRUNABLE;
 
 /// Deletes (or counts, on a dry run) the finished events older than the
 /// request's age. `progress` is called with the running total after each batch.

@@ -12,6 +12,7 @@
 //! A row the broker never confirmed (`published_at` null) is marked published,
 //! as the ingress relay would.
 
+use shared::event_status::PUBLISHED_BODY;
 use std::collections::BTreeSet;
 
 use lapin::Connection;
@@ -151,15 +152,15 @@ async fn replay_with(
     let mut after = 0i64;
     loop {
         let mut tx = pool.begin().await?;
-        let rows: Vec<Stored> = sqlx::query_as(
+        let rows: Vec<Stored> = sqlx::query_as(&format!(
             "SELECT id, webhook_id, event_type, \
-             COALESCE(raw_body, convert_to(payload::text, 'UTF8')) AS raw_body, traceparent FROM webhook_events \
+             {PUBLISHED_BODY} AS raw_body, traceparent FROM webhook_events \
              WHERE id > $1 AND id <= $2 \
                AND ($3::text[] IS NULL OR webhook_id = ANY($3)) \
                AND ($4::timestamptz IS NULL OR received_at >= $4) \
                AND ($5::text IS NULL OR event_type = $5) \
-             ORDER BY id LIMIT $6 FOR UPDATE",
-        )
+             ORDER BY id LIMIT $6 FOR UPDATE"
+        ))
         .bind(after)
         .bind(last_id)
         .bind(ids.as_deref())
@@ -185,24 +186,7 @@ async fn replay_with(
             })
             .collect();
         let (confirmed, failure) = publisher.publish_confirmed(&events).await;
-        let reset: i64 = sqlx::query_scalar(
-            "WITH dequeued AS (DELETE FROM webhook_outbox WHERE event_id = ANY($1)), \
-             changed AS (\
-                 UPDATE webhook_events AS w SET \
-                     status = CASE WHEN w.status IN ('dead', 'failed', 'received') \
-                                   THEN 'published' ELSE w.status END, \
-                     attempts = CASE WHEN w.status IN ('dead', 'failed') THEN 0 ELSE w.attempts END, \
-                     last_error = CASE WHEN w.status IN ('dead', 'failed') THEN NULL ELSE w.last_error END, \
-                     published_at = COALESCE(w.published_at, now()) \
-                 FROM webhook_events AS old \
-                 WHERE w.id = ANY($1) AND w.processed_at IS NULL AND old.id = w.id \
-                 RETURNING old.status) \
-             SELECT count(*) FROM changed WHERE status IN ('dead', 'failed')",
-        )
-        .bind(&confirmed)
-        .fetch_one(&mut *tx)
-        .await
-        ?;
+        let reset = shared::event_status::restart_from_store(&mut tx, &confirmed).await?;
         tx.commit().await?;
         report.republished += confirmed.len() as u64;
         report.reset += u64::try_from(reset).unwrap_or(0);

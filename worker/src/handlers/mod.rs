@@ -32,13 +32,16 @@ pub enum Applied {
 }
 
 impl Applied {
-    pub fn status(self) -> &'static str {
+    /// The event's status once applied.
+    pub fn status(self) -> shared::event_status::Status {
+        use shared::event_status::Status;
         match self {
-            Applied::Processed | Applied::Unchanged => "processed",
-            Applied::Ignored => "ignored",
+            Applied::Processed | Applied::Unchanged => Status::Processed,
+            Applied::Ignored => Status::Ignored,
         }
     }
 
+    /// The label of the events metric and the log's `outcome`.
     pub fn outcome(self) -> &'static str {
         match self {
             Applied::Processed => "processed",
