@@ -135,7 +135,7 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>, DbError> {
     if pending.is_empty() {
         return Ok(pending);
     }
-    let applied = apply(&mut connection, pending).await;
+    let applied = apply(&mut connection).await;
     let _ = connection.close().await;
     if let Ok(versions) = &applied {
         if !versions.is_empty() {
@@ -145,11 +145,38 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>, DbError> {
     applied
 }
 
-async fn apply(connection: &mut PgConnection, pending: Vec<i64>) -> Result<Vec<i64>, DbError> {
+/// Serialises the services that find migrations pending, before sqlx's own
+/// lock ("clerk_mg"). Waiting for it polls with `pg_try_advisory_lock`
+/// instead of blocking in `pg_advisory_lock`: a session blocked in a
+/// statement holds a snapshot, and `CREATE INDEX CONCURRENTLY` in a migration
+/// waits for every snapshot of the database, so blocked waiters would
+/// deadlock with it.
+const MIGRATION_TURN: i64 = 0x636c_6572_6b5f_6d67;
+
+/// How often a service waiting for its turn to migrate asks again.
+const TURN_POLL: Duration = Duration::from_millis(100);
+
+async fn apply(connection: &mut PgConnection) -> Result<Vec<i64>, DbError> {
     sqlx::query("SET statement_timeout = 0")
         .execute(&mut *connection)
         .await
         .map_err(DbError::Session)?;
+    loop {
+        let turn: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(MIGRATION_TURN)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(DbError::Session)?;
+        if turn {
+            break;
+        }
+        tokio::time::sleep(TURN_POLL).await;
+    }
+    // Whoever had the turn before may have applied everything.
+    let pending = pending_migrations(connection).await?;
+    if pending.is_empty() {
+        return Ok(pending);
+    }
     // `run` with a borrowed connection trips "Acquire is not general enough"
     // in spawned futures; sqlx offers `run_direct` for exactly this.
     let error = match MIGRATOR.run_direct(&mut *connection).await {

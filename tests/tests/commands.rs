@@ -222,6 +222,7 @@ async fn replaying_an_id_that_is_not_in_the_dlq_fails_and_changes_nothing() {
         &ReplayRequest {
             selection: Selection::Ids(vec![dead.clone(), unknown.clone()]),
             dry_run: false,
+            actor: "test".to_owned(),
         },
         &mut |_| {},
     )
@@ -362,6 +363,7 @@ async fn replaying_every_dead_letter_goes_in_confirmed_batches_and_empties_the_d
         &ReplayRequest {
             selection: Selection::All,
             dry_run: false,
+            actor: "test".to_owned(),
         },
         &mut |replayed| totals.push(replayed),
     )
@@ -680,6 +682,7 @@ async fn prune_works_through_many_batches_until_nothing_old_is_left() {
             older_than: Duration::from_secs(24 * 3600),
             dry_run: false,
             batch_size: 2,
+            actor: "test".to_owned(),
         },
         &mut |deleted| totals.push(deleted),
     )
@@ -877,4 +880,70 @@ async fn worker_run_never_prints_an_odd_broker_or_database_password_in_its_logs_
         "the retries are logged, with the URL redacted: {:?}",
         runs[1]
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_command_that_changes_state_writes_one_audit_row_naming_its_actor_and_a_dry_run_none()
+{
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    let dead = stored_dead_letter(&db, &broker, "user_audited").await;
+    wait_dlq_depth(&broker, 1).await;
+    let actor = [("USER", "ignored_os_user")];
+
+    let dry = run_worker(
+        &db,
+        &broker,
+        &["dlq", "replay", "--all", "--dry-run"],
+        &actor,
+    )
+    .await;
+    let replayed = run_worker(
+        &db,
+        &broker,
+        &["dlq", "replay", "--id", &dead, "--actor", "ops_ana"],
+        &actor,
+    )
+    .await;
+    let from_store = run_worker(
+        &db,
+        &broker,
+        &[
+            "replay",
+            "--from-store",
+            "--id",
+            &dead,
+            "--actor",
+            "ops_ana",
+        ],
+        &actor,
+    )
+    .await;
+    let pruned = run_worker(&db, &broker, &["prune", "--older-than", "30d"], &actor).await;
+
+    for run in [&dry, &replayed, &from_store, &pruned] {
+        assert!(run.status.success(), "{run:?}");
+    }
+    let rows: Vec<(String, String, Value)> =
+        sqlx::query_as("SELECT action_type, actor, details FROM admin_actions ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let kinds: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|(kind, actor, _)| (kind.as_str(), actor.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("dlq_replay", "ops_ana"),
+            ("replay_from_store", "ops_ana"),
+            ("prune", "ignored_os_user"),
+        ],
+        "one row per real run, none for the dry run; --actor, else $USER"
+    );
+    assert_eq!(rows[0].2["selection"], json!({"ids": [dead]}));
+    assert_eq!(rows[0].2["replayed"], json!(1));
+    assert_eq!(rows[1].2["republished"], json!(1));
+    assert_eq!(rows[2].2["deleted"], json!(0));
 }

@@ -12,7 +12,7 @@ use e2e::{
     fake_clerk::{self, Answer, FakeClerk},
     ingress::{Endpoints, TestIngress},
     wait_for,
-    worker::{deliver, publish, settings, wait_processed, TestWorker},
+    worker::{deliver, publish, settings, store, wait_processed, TestWorker},
 };
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use shared::{config::LogConfig, secret::Secret};
@@ -252,4 +252,47 @@ async fn the_worker_span_is_a_child_of_the_ingress_span() {
         stored.contains(&receive.span_context.span_id().to_string()),
         "{stored}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_published_but_never_applied_shows_as_a_stall_until_it_is_applied() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    // Published ten minutes ago, and its message was lost on the way: no
+    // worker can apply it until it is re-published.
+    let id = new_id();
+    store(
+        &db,
+        &id,
+        &user_event("user.created", "user_stalled", "s@example.org", 1),
+    )
+    .await;
+    sqlx::query("UPDATE webhook_events SET published_at = now() - interval '10 minutes'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let worker = TestWorker::spawn(&db, &broker).await;
+
+    let stalled = wait_for("the stall gauge", DEADLINE, || async {
+        sample(
+            &scrape(worker.ops_addr).await,
+            "clerk_worker_oldest_unprocessed_age_seconds",
+        )
+        .filter(|age| *age > 0.0)
+    })
+    .await;
+    let body = user_event("user.created", "user_stalled", "s@example.org", 1);
+    publish(&broker, &[(id.clone(), body)]).await;
+    wait_processed(&db, 1, DEADLINE).await;
+    wait_for("the stall to clear", DEADLINE, || async {
+        (sample(
+            &scrape(worker.ops_addr).await,
+            "clerk_worker_oldest_unprocessed_age_seconds",
+        ) == Some(0.0))
+        .then_some(())
+    })
+    .await;
+
+    assert!(stalled >= 600.0, "{stalled}");
+    worker.stop().await;
 }

@@ -100,6 +100,20 @@ pub enum Command {
     },
 }
 
+/// Who runs an operator's command, for the audit log (`admin_actions.actor`).
+#[derive(Args, Clone, Debug)]
+pub struct ActorArg {
+    /// Who, for the audit log; defaults to $USER.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "USER",
+        default_value = "operator",
+        hide_env_values = true
+    )]
+    pub actor: String,
+}
+
 #[derive(Subcommand, Clone, Debug)]
 pub enum CreditsCommand {
     /// Set or change one user's balance: audited, and synced to Clerk like any
@@ -151,15 +165,8 @@ pub struct SyncUsersArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Who, for the audit log; defaults to $USER.
-    #[arg(
-        long,
-        value_name = "NAME",
-        env = "USER",
-        default_value = "operator",
-        hide_env_values = true
-    )]
-    pub actor: String,
+    #[command(flatten)]
+    pub audit: ActorArg,
 }
 
 #[derive(Subcommand, Clone, Debug)]
@@ -201,6 +208,9 @@ pub struct DlqReplayArgs {
     /// Show what would be replayed; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    #[command(flatten)]
+    pub audit: ActorArg,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -222,6 +232,9 @@ pub struct ReplayArgs {
     /// With --since: only events of this type.
     #[arg(long = "type", value_name = "TYPE", conflicts_with = "ids")]
     pub event_type: Option<String>,
+
+    #[command(flatten)]
+    pub audit: ActorArg,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -235,6 +248,9 @@ pub struct PruneArgs {
     /// Count what would be deleted; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    #[command(flatten)]
+    pub audit: ActorArg,
 }
 
 fn parse_rfc3339(value: &str) -> Result<time::OffsetDateTime, String> {

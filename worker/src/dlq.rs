@@ -475,6 +475,17 @@ pub enum Selection {
 }
 
 impl Selection {
+    /// The selection as the audit log records it.
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            Selection::Ids(ids) => serde_json::json!({"ids": ids}),
+            Selection::Type(event_type) => serde_json::json!({"type": event_type}),
+            Selection::All => serde_json::json!({"all": true}),
+        }
+    }
+}
+
+impl Selection {
     fn selects(&self, info: &DeadLetterInfo) -> bool {
         match self {
             Self::Ids(ids) => info.svix_id.as_ref().is_some_and(|id| ids.contains(id)),
@@ -491,6 +502,8 @@ pub struct ReplayRequest {
     pub selection: Selection,
     /// Only report what would be replayed.
     pub dry_run: bool,
+    /// Who asked, for the audit log.
+    pub actor: String,
 }
 
 /// What a replay did (or, on a dry run, would do).
@@ -563,6 +576,24 @@ pub async fn replay(
     .await;
     // Whatever was not replayed goes back, also after an error.
     reader.release().await;
+    if !request.dry_run {
+        let audited = crate::audit::record(
+            pool,
+            &crate::audit::Action {
+                action_type: "dlq_replay",
+                actor: &request.actor,
+                details: serde_json::json!({
+                    "selection": request.selection.describe(),
+                    "replayed": report.replayed,
+                    "completed": outcome.is_ok(),
+                }),
+            },
+        )
+        .await;
+        if let Err(error) = audited {
+            tracing::warn!(error.message = %error, "the replay was not written to the audit log");
+        }
+    }
     match outcome {
         Ok(()) => Ok(report),
         Err(error) if report.replayed > 0 => Err(DlqError::Stopped {

@@ -1,6 +1,7 @@
 //! Refreshes the gauges that live outside the process: the dead-letter queue's
-//! depth (from the broker), the Clerk sync backlog and the number of credit
-//! accounts with a zero balance (cheap queries on the database).
+//! depth (from the broker), the Clerk sync backlog, the number of credit
+//! accounts with a zero balance and the age of the oldest event waiting to be
+//! applied (cheap queries on the database).
 
 use std::{sync::Arc, time::Duration};
 
@@ -55,6 +56,17 @@ impl Gauges {
         .await;
         if let Ok(zero) = zero {
             self.metrics.zero_balance_accounts.set(zero);
+        }
+        // A stall: events the broker has but no worker applies (the partial
+        // index webhook_events_unprocessed makes this a short index scan).
+        let stalled: Result<f64, _> = sqlx::query_scalar(
+            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(published_at)), 0)::float8 \
+             FROM webhook_events WHERE processed_at IS NULL AND status IN ('published', 'failed')",
+        )
+        .fetch_one(&self.pool)
+        .await;
+        if let Ok(age) = stalled {
+            self.metrics.oldest_unprocessed.set(age);
         }
     }
 

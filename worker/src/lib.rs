@@ -2,6 +2,7 @@
 //! idempotent handlers, and serves health and metrics. Any number of workers
 //! may consume the same queue.
 
+pub mod audit;
 pub mod clerk_api;
 pub mod clerk_sync;
 pub mod config;

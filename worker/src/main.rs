@@ -233,6 +233,7 @@ async fn dlq_replay(config: &Config, args: &DlqReplayArgs) -> anyhow::Result<()>
     let request = dlq::ReplayRequest {
         selection,
         dry_run: args.dry_run,
+        actor: args.audit.actor.clone(),
     };
     let pool = database(config).await?;
     let (connection, names) = broker(config).await?;
@@ -287,6 +288,7 @@ async fn replay_from_store(config: &Config, args: &ReplayArgs) -> anyhow::Result
         &connection,
         &names,
         &selection,
+        &args.audit.actor,
         &mut progress("republished"),
     )
     .await;
@@ -297,7 +299,7 @@ async fn replay_from_store(config: &Config, args: &ReplayArgs) -> anyhow::Result
 
 async fn prune(config: &Config, args: &PruneArgs) -> anyhow::Result<()> {
     let pool = database(config).await?;
-    let request = prune::PruneRequest::new(args.older_than, args.dry_run);
+    let request = prune::PruneRequest::new(args.older_than, args.dry_run, &args.audit.actor);
     let report = prune::prune(&pool, &request, &mut progress("deleted")).await;
     pool.close().await;
     println!("{}", report?);
@@ -341,7 +343,7 @@ async fn sync_users(config: &Config, args: &SyncUsersArgs) -> anyhow::Result<()>
         dry_run: args.dry_run,
         page_size: sync_users::PAGE_SIZE,
         retry_base_delay: std::time::Duration::from_millis(500),
-        actor: args.actor.clone(),
+        actor: args.audit.actor.clone(),
     };
     let mut progress = SyncProgress {
         terminal: std::io::stderr().is_terminal(),

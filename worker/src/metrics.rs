@@ -47,6 +47,8 @@ pub struct Metrics {
     pub clerk_sync_pending: Gauge,
     pub clerk_sync_oldest_pending: Gauge<f64, AtomicU64>,
     pub zero_balance_accounts: Gauge,
+    /// Age of the oldest event published but not applied (dead ones aside).
+    pub oldest_unprocessed: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -114,6 +116,12 @@ impl Default for Metrics {
             "Credit accounts with a zero balance",
             zero_balance_accounts.clone(),
         );
+        let oldest_unprocessed = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "clerk_worker_oldest_unprocessed_age_seconds",
+            "Age of the oldest event published to the broker but not yet applied, dead ones aside (0 when none)",
+            oldest_unprocessed.clone(),
+        );
         // The handled types' series exist from the start, at 0, so the first
         // increment after a restart is visible to rate() and increase().
         for event_type in shared::event::HANDLED_EVENT_TYPES {
@@ -151,6 +159,7 @@ impl Default for Metrics {
             clerk_sync_pending,
             clerk_sync_oldest_pending,
             zero_balance_accounts,
+            oldest_unprocessed,
         }
     }
 }

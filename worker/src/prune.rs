@@ -71,7 +71,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, DurationError> {
 }
 
 /// What to prune.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PruneRequest {
     /// Rows received longer ago than this are candidates.
     pub older_than: Duration,
@@ -79,15 +79,18 @@ pub struct PruneRequest {
     pub dry_run: bool,
     /// Rows per delete statement.
     pub batch_size: i64,
+    /// Who asked, for the audit log.
+    pub actor: String,
 }
 
 impl PruneRequest {
     /// A request with the default batch size.
-    pub fn new(older_than: Duration, dry_run: bool) -> Self {
+    pub fn new(older_than: Duration, dry_run: bool, actor: &str) -> Self {
         Self {
             older_than,
             dry_run,
             batch_size: DEFAULT_BATCH_SIZE,
+            actor: actor.to_owned(),
         }
     }
 }
@@ -187,6 +190,20 @@ pub async fn prune(
             break;
         }
     }
+    crate::audit::record(
+        pool,
+        &crate::audit::Action {
+            action_type: "prune",
+            actor: &request.actor,
+            details: serde_json::json!({
+                "older_than_secs": seconds,
+                "cutoff": cutoff.format(&time::format_description::well_known::Rfc3339).ok(),
+                "deleted": deleted,
+            }),
+        },
+    )
+    .await
+    .map_err(database(deleted))?;
     Ok(PruneReport {
         rows: deleted,
         dry_run: false,

@@ -37,6 +37,19 @@ pub enum StoreSelection {
     },
 }
 
+impl StoreSelection {
+    /// The selection as the audit log records it.
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            StoreSelection::Ids(ids) => serde_json::json!({"ids": ids}),
+            StoreSelection::Since { since, event_type } => serde_json::json!({
+                "since": since.format(&time::format_description::well_known::Rfc3339).ok(),
+                "type": event_type,
+            }),
+        }
+    }
+}
+
 /// What a replay from the store did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreReplayReport {
@@ -93,10 +106,31 @@ pub async fn replay_from_store(
     connection: &Connection,
     names: &Names,
     selection: &StoreSelection,
+    actor: &str,
     progress: &mut dyn FnMut(u64),
 ) -> Result<StoreReplayReport, ReplayError> {
     let mut report = StoreReplayReport::default();
-    match replay_with(pool, connection, names, selection, &mut report, progress).await {
+    let outcome = replay_with(pool, connection, names, selection, &mut report, progress).await;
+    if report.republished > 0 || outcome.is_ok() {
+        let audited = crate::audit::record(
+            pool,
+            &crate::audit::Action {
+                action_type: "replay_from_store",
+                actor,
+                details: serde_json::json!({
+                    "selection": selection.describe(),
+                    "republished": report.republished,
+                    "reset": report.reset,
+                    "completed": outcome.is_ok(),
+                }),
+            },
+        )
+        .await;
+        if let Err(error) = audited {
+            tracing::warn!(error.message = %error, "the replay was not written to the audit log");
+        }
+    }
+    match outcome {
         Ok(()) => Ok(report),
         Err(error) if report.republished > 0 => Err(ReplayError::Stopped {
             republished: report.republished,

@@ -159,12 +159,14 @@ pub async fn sync_users(
     users::confirm_missing(&mut run, &seen).await?;
     plans::reconcile(&mut run).await?;
     if !request.dry_run {
-        sqlx::query(
-            "INSERT INTO admin_actions (action_type, actor, details) VALUES ('sync_users', $1, $2)",
+        crate::audit::record(
+            pool,
+            &crate::audit::Action {
+                action_type: "sync_users",
+                actor: &request.actor,
+                details: serde_json::to_value(run.report).unwrap_or_default(),
+            },
         )
-        .bind(&request.actor)
-        .bind(sqlx::types::Json(&run.report))
-        .execute(pool)
         .await?;
     }
     Ok(run.report)
