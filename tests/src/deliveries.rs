@@ -35,6 +35,21 @@ impl Delivery {
         Self::signed_at(secret, &new_id(), now(), body)
     }
 
+    /// Posts it to the ingress at `addr` with the `svix-*` headers; returns
+    /// the status.
+    pub async fn post_to(&self, addr: &str) -> reqwest::StatusCode {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/webhooks/clerk"))
+            .header("svix-id", &self.id)
+            .header("svix-timestamp", &self.timestamp)
+            .header("svix-signature", &self.signature)
+            .body(self.body.clone())
+            .send()
+            .await
+            .expect("request")
+            .status()
+    }
+
     pub fn signed_at(secret: &str, id: &str, timestamp: i64, body: Vec<u8>) -> Self {
         let key = SigningKey::parse(secret).expect("test secret parses");
         Self {

@@ -48,8 +48,15 @@ where
     }
 }
 
-/// A binary of this workspace, built by `cargo build --workspace --bins`.
+/// A binary of this workspace, built by `cargo build --workspace --bins`, or
+/// from `E2E_BIN_DIR` when set (e.g. `target/release`, to run the end-to-end
+/// tests against a release build).
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("E2E_BIN_DIR") {
+        let path = PathBuf::from(dir).join(name);
+        assert!(path.exists(), "{} is missing", path.display());
+        return path;
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let profile_dir = exe
         .parent()

@@ -220,16 +220,7 @@ async fn a_flood_of_unfinished_large_bodies_stays_within_the_memory_bound_and_re
     .await;
 
     let delivery = Delivery::signed(&w.secret, user_created("user_in_the_flood"));
-    let status = reqwest::Client::new()
-        .post(format!("http://{addr}/webhooks/clerk"))
-        .header("svix-id", &delivery.id)
-        .header("svix-timestamp", &delivery.timestamp)
-        .header("svix-signature", &delivery.signature)
-        .body(delivery.body.clone())
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = delivery.post_to(&addr).await;
     let peak = ingress.peak_rss_bytes();
     let overloaded = metric(
         &ops_addr,
@@ -409,16 +400,7 @@ async fn the_relay_never_logs_a_broker_password_whatever_its_characters() {
     ] {
         let (mut ingress, addr, _) = w.ingress(&[("AMQP_URL", url)]);
         let delivery = Delivery::signed(&w.secret, user_created("user_unpublished"));
-        let status = reqwest::Client::new()
-            .post(format!("http://{addr}/webhooks/clerk"))
-            .header("svix-id", &delivery.id)
-            .header("svix-timestamp", &delivery.timestamp)
-            .header("svix-signature", &delivery.signature)
-            .body(delivery.body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = delivery.post_to(&addr).await;
         // The relay tries to publish the stored event and fails.
         ingress.wait_for_line("relay could not publish", DEADLINE);
         ingress.terminate();

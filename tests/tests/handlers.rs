@@ -71,17 +71,7 @@ impl World {
     /// returns its final status.
     async fn send(&self, body: Vec<u8>) -> String {
         let delivery = Delivery::signed(&self.secret, body);
-        let status = self
-            .http
-            .post(format!("http://{}/webhooks/clerk", self.addr))
-            .header("svix-id", &delivery.id)
-            .header("svix-timestamp", &delivery.timestamp)
-            .header("svix-signature", &delivery.signature)
-            .body(delivery.body.clone())
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let status = delivery.post_to(&self.addr).await;
         assert_eq!(status, StatusCode::OK);
         self.final_status(&delivery.id).await
     }

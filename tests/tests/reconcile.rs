@@ -227,16 +227,7 @@ async fn a_subscriber_whose_start_never_came_is_granted_and_the_late_webhook_cha
             Some(PERIOD),
         ),
     );
-    let status = reqwest::Client::new()
-        .post(format!("http://{addr}/webhooks/clerk"))
-        .header("svix-id", &late.id)
-        .header("svix-timestamp", &late.timestamp)
-        .header("svix-signature", &late.signature)
-        .body(late.body.clone())
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = late.post_to(&addr).await;
     assert_eq!(status, reqwest::StatusCode::OK);
     wait_for("the late webhook to be processed", DEADLINE, || async {
         (w.scalar("SELECT count(*) FROM webhook_events WHERE status = 'processed'")

@@ -189,21 +189,14 @@ pub async fn apply(conn: &mut PgConnection, entry: &Entry<'_>) -> Result<Outcome
     .bind(new_pack)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "INSERT INTO credit_ledger (owner_id, delta, reason, idempotency_key, webhook_id, actor) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+    book(
+        conn,
+        entry,
+        delta32,
+        reason(&entry.change),
+        &entry.idempotency_key,
     )
-    .bind(entry.owner_id)
-    .bind(delta32)
-    .bind(reason(&entry.change).as_str())
-    .bind(&entry.idempotency_key)
-    .bind(entry.webhook_id)
-    .bind(entry.actor)
-    .execute(&mut *conn)
     .await?;
-    if delta != 0 {
-        schedule_sync(conn, entry.owner_id).await?;
-    }
     Ok(Outcome::Applied {
         delta,
         balance: i64::from(new_plan) + i64::from(new_pack),
@@ -274,20 +267,7 @@ async fn end_plan(
     .bind(new_plan)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "INSERT INTO credit_ledger (owner_id, delta, reason, idempotency_key, webhook_id, actor) \
-         VALUES ($1, $2, 'plan_end', $3, $4, $5)",
-    )
-    .bind(entry.owner_id)
-    .bind(delta32)
-    .bind(&key)
-    .bind(entry.webhook_id)
-    .bind(entry.actor)
-    .execute(&mut *conn)
-    .await?;
-    if delta != 0 {
-        schedule_sync(conn, entry.owner_id).await?;
-    }
+    book(conn, entry, delta32, Reason::PlanEnd, &key).await?;
     Ok(Outcome::Applied {
         delta,
         balance: i64::from(new_plan) + i64::from(account.pack_credits),
@@ -307,6 +287,33 @@ async fn ended(
     .bind(period_start)
     .fetch_one(conn)
     .await
+}
+
+/// Writes the change's ledger row and, when the balance moved, asks for a
+/// Clerk sync.
+async fn book(
+    conn: &mut PgConnection,
+    entry: &Entry<'_>,
+    delta: i32,
+    reason: Reason,
+    key: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO credit_ledger (owner_id, delta, reason, idempotency_key, webhook_id, actor) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(entry.owner_id)
+    .bind(delta)
+    .bind(reason.as_str())
+    .bind(key)
+    .bind(entry.webhook_id)
+    .bind(entry.actor)
+    .execute(&mut *conn)
+    .await?;
+    if delta != 0 {
+        schedule_sync(conn, entry.owner_id).await?;
+    }
+    Ok(())
 }
 
 fn reason(change: &Change) -> Reason {
