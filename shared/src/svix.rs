@@ -184,8 +184,7 @@ impl<'a> SignedRequest<'a> {
     /// that decodes to a 32-byte signature. A request that fails here can be
     /// refused before its body is read.
     pub fn check_headers(&self, now: i64) -> Result<CheckedHeaders<'a>, VerifyError> {
-        let (id_raw, timestamp_raw, signatures) = match (self.id, self.timestamp, self.signature)
-        {
+        let (id_raw, timestamp_raw, signatures) = match (self.id, self.timestamp, self.signature) {
             (Some(i), Some(t), Some(s)) if !i.is_empty() && !t.is_empty() && !s.is_empty() => {
                 (i, t, s)
             }
