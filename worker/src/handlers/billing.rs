@@ -26,7 +26,7 @@ pub async fn subscription_item(
     event: &Event<'_>,
     catalog: &Catalog,
 ) -> Result<Applied, HandlerError> {
-    let item: SubscriptionItem = data(event)?;
+    let item = subscription_item_data(event)?;
     let slug = item.plan.slug.as_deref().unwrap_or_default();
     let grants = matches!(
         event.event_type,
@@ -121,7 +121,7 @@ pub async fn payment_attempt(
     event: &Event<'_>,
     catalog: &Catalog,
 ) -> Result<Applied, HandlerError> {
-    let attempt: PaymentAttempt = data(event)?;
+    let attempt = payment_attempt_data(event)?;
     if attempt.status.as_deref() != Some("paid") {
         return Ok(Applied::Unchanged);
     }
@@ -200,6 +200,18 @@ async fn is_current_item(
     .bind(item_id)
     .fetch_one(conn)
     .await?)
+}
+
+/// The typed `data` of a `subscriptionItem.*` event, as
+/// [`subscription_item`] reads it (`fuzz/` calls it on arbitrary payloads).
+pub fn subscription_item_data(event: &Event<'_>) -> Result<SubscriptionItem, HandlerError> {
+    data(event)
+}
+
+/// The typed `data` of a `paymentAttempt.*` event, as [`payment_attempt`]
+/// reads it (`fuzz/` calls it on arbitrary payloads).
+pub fn payment_attempt_data(event: &Event<'_>) -> Result<PaymentAttempt, HandlerError> {
+    data(event)
 }
 
 async fn grant(
