@@ -56,27 +56,31 @@ pub struct Config {
 
     /// Connections open at once on the public listener; more wait in the
     /// kernel's backlog until one closes.
-    #[arg(long = "max-connections", env = "INGRESS_MAX_CONNECTIONS", default_value_t = 1024,
+    #[arg(long = "max-connections", env = "INGRESS_MAX_CONNECTIONS",
+          default_value_t = Settings::DEFAULT_LIMITS.max_connections as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
 
     /// Seconds a connection has to send a complete request head, from when it
     /// is accepted or has received its previous response.
     #[arg(long = "header-read-timeout-secs", env = "INGRESS_HEADER_READ_TIMEOUT_SECS",
-          default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+          default_value_t = Settings::DEFAULT_LIMITS.header_read_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=300))]
     pub header_read_timeout_secs: u64,
 
     /// Seconds a keep-alive connection may stay open after a response
     /// without starting a new request.
     #[arg(long = "idle-timeout-secs", env = "INGRESS_IDLE_TIMEOUT_SECS",
-          default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+          default_value_t = Settings::DEFAULT_LIMITS.idle_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_timeout_secs: u64,
 
     /// Request bodies read and verified at once (before their signature is
     /// known to be good); at most an eighth of them may be over 64 KiB.
     /// Requests beyond that get 503 with Retry-After.
     #[arg(long = "max-unverified-bodies", env = "INGRESS_MAX_UNVERIFIED_BODIES",
-          default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..=100_000))]
+          default_value_t = Settings::DEFAULT_MAX_UNVERIFIED_BODIES as u64,
+          value_parser = clap::value_parser!(u64).range(2..=100_000))]
     pub max_unverified_bodies: u64,
 }
 

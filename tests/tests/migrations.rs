@@ -39,3 +39,16 @@ async fn eight_services_migrating_one_empty_database_at_once_apply_each_migratio
     .expect("count");
     assert_eq!(tables, 6);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_session_of_a_service_has_the_statement_timeout() {
+    let db = TestDb::new().await;
+    let pool = shared::db::pool(&Secret::new(db.url(None)), 2).expect("pool");
+
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&pool)
+        .await
+        .expect("show");
+
+    assert_eq!(timeout, "30s");
+}
