@@ -7,11 +7,13 @@
 //!
 //! TLS follows libpq's URL parameters: `sslmode` (`disable`, `allow`,
 //! `prefer` (the default), `require`, `verify-ca`, `verify-full`) and
-//! `sslrootcert` (a PEM file, or `system` for the system roots; without it
-//! the verifying modes use the system roots). As in libpq, `require` with an
-//! `sslrootcert` verifies the chain like `verify-ca`. A certificate that does
-//! not verify stops a service at once with one line saying why: waiting
-//! cannot fix it.
+//! `sslrootcert` (a PEM file of trusted CAs, or `system`). The verifying
+//! modes also trust the public CAs built into the binary (Mozilla's list, as
+//! browsers do; `system` means those alone), never the files of
+//! `/etc/ssl/certs`, where Debian keeps its self-signed snakeoil certificate.
+//! As in libpq, `require` with an `sslrootcert` verifies the chain like
+//! `verify-ca`. A certificate that does not verify stops a service at once
+//! with one line saying why: waiting cannot fix it.
 
 use std::{str::FromStr, time::Duration};
 
@@ -127,7 +129,7 @@ pub async fn connect(
 
 /// The connection options of `url` with libpq's TLS semantics: the file of
 /// `sslrootcert` must be readable, `sslrootcert=system` means the system
-/// roots (and `verify-full`), `require` with a root file verifies the chain.
+/// public roots (and `verify-full`), `require` with a root file verifies the chain.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
     let parsed = url::Url::parse(url).map_err(|_| DbError::InvalidUrl)?;
     let root = parsed
@@ -203,7 +205,7 @@ fn tls_failure(url: &str, error: &sqlx::Error) -> Option<String> {
         })
         .filter(|root| root != "system")
         .map_or_else(
-            || "the system roots".to_owned(),
+            || "the built-in public roots".to_owned(),
             |root| format!("sslrootcert {root}"),
         );
     if let Some(refused) = tls::find_tls_error(error) {
