@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod broker;
+pub mod cluster;
 pub mod commands;
 pub mod db;
 pub mod deliveries;
