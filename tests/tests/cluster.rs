@@ -176,3 +176,48 @@ async fn stopping_the_node_that_leads_the_worker_queue_mid_stream_loses_nothing_
         assert!(status.success(), "{log}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_of_unreachable_nodes_stops_the_worker_naming_each_node_without_its_password() {
+    let db = TestDb::new().await;
+    let database_url = db.url(None);
+    // Ports 1 and 2 refuse connections on a test machine.
+    let amqp_url = "amqp://guest:hunter2@127.0.0.1:1/%2f,amqp://app:p%40ss%2Cw0rd@127.0.0.1:2/%2f";
+    let mut worker = Service::start(
+        "worker",
+        &["run"],
+        &[
+            ("DATABASE_URL", database_url.as_str()),
+            ("AMQP_URL", amqp_url),
+            ("AMQP_PREFIX", "unused"),
+            ("WORKER_OPS_ADDR", "127.0.0.1:0"),
+            ("DATABASE_WAIT_SECS", "1"),
+        ],
+    );
+
+    let (status, stderr) = worker.wait_exit(DEADLINE);
+
+    assert!(!status.success());
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("worker: "))
+        .unwrap_or_else(|| panic!("no message line:\n{stderr}"));
+    assert!(
+        line.starts_with(
+            "worker: RabbitMQ: none of the 2 nodes of AMQP_URL answered: \
+             amqp://guest:***@127.0.0.1:1/%2f is unreachable: "
+        ),
+        "{line}"
+    );
+    assert!(
+        line.contains("; amqp://app:***@127.0.0.1:2/%2f is unreachable: "),
+        "{line}"
+    );
+    assert!(
+        stderr.contains("RabbitMQ node did not answer; trying the next"),
+        "{stderr}"
+    );
+    for secret in ["hunter2", "p%40ss", "w0rd", "p@ss"] {
+        assert!(!stderr.contains(secret), "{secret} in:\n{stderr}");
+    }
+}
