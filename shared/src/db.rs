@@ -392,3 +392,48 @@ pub async fn wait_until_reachable(pool: &PgPool, patience: Duration) -> Result<(
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed CA certificate (P-256), only for reading as a root file.
+    const UNIT_TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBhTCCASugAwIBAgIUTr87u6CLdLEW9GL3UBdkVGomNQIwCgYIKoZIzj0EAwIw\nFzEVMBMGA1UEAwwMdW5pdC10ZXN0LWNhMCAXDTI2MTIwMzA5NTkyMFoYDzIxMjYx\nMTA5MDk1OTIwWjAXMRUwEwYDVQQDDAx1bml0LXRlc3QtY2EwWTATBgcqhkjOPQIB\nBggqhkjOPQMBBwNCAAR2dG318YIGQS3xJK2qeKRS6gwfo71y/vfJ1/jiwfGbQJzW\nJ2E0zkNdnLZ0ge8bNjVNuAGqVEQnnle2ZQYzGJ/Ko1MwUTAdBgNVHQ4EFgQUO6yG\nWaNN01E6nrDIGCbsxyNO9dMwHwYDVR0jBBgwFoAUO6yGWaNN01E6nrDIGCbsxyNO\n9dMwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA9Piib0oSjuoS\n0lY07tYkRxOfyesqzC64iQIaqgjZ5FoCIECNUznVuxb2lBEhx/4gRcsz/pchX17a\ncE2kno7RrDuj\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn tls_parameters_follow_libpq() {
+        let mode = |url: &str| connect_options(url).map(|o| o.get_ssl_mode());
+
+        assert!(matches!(mode("postgres://u@db/app"), Ok(PgSslMode::Prefer)));
+        assert!(matches!(
+            mode("postgres://u@db/app?sslrootcert=system"),
+            Ok(PgSslMode::VerifyFull)
+        ));
+        assert!(matches!(
+            mode("postgres://u@db/app?sslmode=require&sslrootcert=system"),
+            Err(DbError::InvalidTls(_))
+        ));
+        let root = std::env::temp_dir().join(format!("db-root-{}.pem", std::process::id()));
+        std::fs::write(&root, UNIT_TEST_CA).unwrap();
+        let with_root = format!(
+            "postgres://u@db/app?sslmode=require&sslrootcert={}",
+            root.display()
+        );
+        assert!(matches!(mode(&with_root), Ok(PgSslMode::VerifyCa)));
+        std::fs::remove_file(&root).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_root_file_is_named_without_the_password() {
+        let error = connect_options(
+            "postgres://u:hunter2@db/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        )
+        .err()
+        .expect("refused");
+
+        assert_eq!(
+            error.to_string(),
+            "DATABASE_URL: sslrootcert: cannot read CA file /nonexistent/ca.pem (entity not found)"
+        );
+    }
+}

@@ -19,10 +19,12 @@ use tokio::{
 
 /// A directory of the test's own, removed when dropped.
 pub struct TempDir {
+    /// Where it is.
     pub path: PathBuf,
 }
 
 impl TempDir {
+    /// A new, empty directory under the system's temporary directory.
     pub fn new() -> Self {
         let path = std::env::temp_dir().join(format!("e2e-tls-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&path).expect("create a temporary directory");
@@ -56,7 +58,9 @@ pub struct TestCa {
 
 /// A server certificate and its key, both PEM.
 pub struct ServerIdentity {
+    /// The certificate, PEM.
     pub cert_pem: String,
+    /// Its private key, PEM (PKCS#8).
     pub key_pem: String,
 }
 
@@ -96,6 +100,7 @@ impl TestCa {
 /// A TLS endpoint on a free local port that forwards the decrypted bytes to
 /// `127.0.0.1:upstream_port`: RabbitMQ as if it had a TLS listener.
 pub struct TlsProxy {
+    /// The port it listens on (127.0.0.1).
     pub port: u16,
     handshakes: Arc<AtomicUsize>,
     accept: AbortHandle,

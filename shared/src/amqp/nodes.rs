@@ -74,7 +74,7 @@ impl Nodes {
     /// the broker's management view.
     pub async fn connect(&self, name: &str) -> Result<Connection, AmqpError> {
         let mut failures = Vec::new();
-        for node in &self.nodes {
+        for (index, node) in self.nodes.iter().enumerate() {
             match node.connect(name).await {
                 Ok(connection) => {
                     if self.nodes.len() > 1 {
@@ -83,7 +83,7 @@ impl Nodes {
                     return Ok(connection);
                 }
                 Err(failure) => {
-                    if self.nodes.len() > 1 {
+                    if index + 1 < self.nodes.len() {
                         tracing::warn!(node = %failure.node, reason = %failure.reason, "RabbitMQ node did not answer; trying the next");
                     }
                     failures.push(failure);
