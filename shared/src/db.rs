@@ -425,11 +425,11 @@ mod tests {
 
     #[test]
     fn an_unreadable_root_file_is_named_without_the_password() {
-        let error = connect_options(
+        let Err(error) = connect_options(
             "postgres://u:hunter2@db/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
-        )
-        .err()
-        .expect("refused");
+        ) else {
+            panic!("an unreadable root file is refused");
+        };
 
         assert_eq!(
             error.to_string(),
