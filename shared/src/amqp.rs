@@ -1,5 +1,10 @@
-//! RabbitMQ: connection, topology declaration (`../SPEC.md` section 7) and a
-//! publish that waits for the broker's confirm.
+//! RabbitMQ: connection (to one node or the first answering node of a
+//! cluster, TLS included: [`Nodes`]), topology declaration (`../SPEC.md`
+//! section 7) and a publish that waits for the broker's confirm.
+
+mod nodes;
+
+pub use nodes::Nodes;
 
 use std::time::Duration;
 
@@ -10,10 +15,10 @@ use lapin::{
         QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Connection, ExchangeKind,
 };
 
-use crate::secret::{redact_url, Secret};
+use crate::secret::Secret;
 
 /// Deliveries of one message before the broker dead-letters it on its own: the
 /// guard against a message that kills the worker before any error handling runs.
@@ -24,7 +29,8 @@ pub const DELIVERY_LIMIT: i64 = 20;
 /// (which returns every message) can never make RabbitMQ drop a dead letter.
 pub const DLQ_DELIVERY_LIMIT: i64 = 1_000_000_000;
 
-/// How long connecting to the broker may take before it counts as unreachable.
+/// How long connecting to one broker node may take before it counts as
+/// unreachable (and the next node of the list is tried).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a batch of publishes may wait for the broker's confirms.
@@ -67,32 +73,30 @@ impl Names {
 }
 
 /// Broker errors. None carries the password: URLs are shown through
-/// [`redact_url`], and a URL that does not parse is not shown at all.
+/// [`crate::secret::redact_url`], and a URL that does not parse is not shown at all.
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
-    /// `AMQP_URL` does not parse as an `amqp://` or `amqps://` URL. The
-    /// parser's own message is left out: it may quote the URL.
+    /// An entry of `AMQP_URL` does not parse as an `amqp://` or `amqps://`
+    /// URL. The parser's own message is left out: it may quote the URL.
     #[error(
-        "AMQP_URL is not a valid amqp:// or amqps:// URL \
-         (characters such as / ? # in the password must be percent-encoded)"
+        "AMQP_URL is not a valid amqp:// or amqps:// URL, or comma-separated list of them \
+         (characters such as , / ? # in the password must be percent-encoded)"
     )]
     InvalidUrl,
-    /// Connecting failed.
-    #[error("RabbitMQ at {url} is unreachable: {source}")]
-    Connect {
-        /// The URL with its password hidden.
-        url: String,
-        /// The cause.
-        #[source]
-        source: lapin::Error,
+    /// A node's TLS parameters cannot be used (an unreadable `cacertfile`,
+    /// an unsupported option).
+    #[error("AMQP_URL {node}: {problem}")]
+    TlsSetting {
+        /// The node's URL with its password hidden.
+        node: String,
+        /// What is wrong.
+        problem: String,
     },
-    /// Connecting took too long.
-    #[error("RabbitMQ at {url} did not answer within {after:?}")]
-    ConnectTimeout {
-        /// The URL with its password hidden.
-        url: String,
-        /// The time limit.
-        after: Duration,
+    /// No node of `AMQP_URL` could be connected to; one failure per node, in order.
+    #[error("{}", unreachable(failures))]
+    Unreachable {
+        /// Why each node failed.
+        failures: Vec<NodeFailure>,
     },
     /// A protocol operation failed.
     #[error("RabbitMQ {operation} failed: {source}")]
@@ -118,40 +122,48 @@ fn protocol(operation: &'static str) -> impl FnOnce(lapin::Error) -> AmqpError {
     move |source| AmqpError::Protocol { operation, source }
 }
 
-/// Opens a connection named after the process, for the broker's management view.
-pub async fn connect(url: &Secret<String>, name: &str) -> Result<Connection, AmqpError> {
-    check_url(url.expose())?;
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        Connection::connect(url.expose(), properties),
-    )
-    .await
-    {
-        Ok(result) => result.map_err(|source| AmqpError::Connect {
-            url: redact_url(url.expose()),
-            source,
-        }),
-        Err(_) => Err(AmqpError::ConnectTimeout {
-            url: redact_url(url.expose()),
-            after: CONNECT_TIMEOUT,
-        }),
+/// Why one node could not be connected to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFailure {
+    /// The node's URL with its password hidden.
+    pub node: String,
+    /// What happened, on one line ("is unreachable: …", "TLS: …").
+    pub reason: String,
+    /// Whether trying again cannot help (the server's certificate was refused).
+    pub permanent: bool,
+}
+
+fn unreachable(failures: &[NodeFailure]) -> String {
+    let each = |f: &NodeFailure| format!("{} {}", f.node, f.reason);
+    match failures {
+        [one] => format!("RabbitMQ at {}", each(one)),
+        many => format!(
+            "RabbitMQ: none of the {} nodes of AMQP_URL answered: {}",
+            many.len(),
+            many.iter().map(each).collect::<Vec<_>>().join("; ")
+        ),
     }
 }
 
-/// Refuses what the broker client would refuse with the whole URL, password
-/// included, in its message (one without a `//` authority, for instance).
-fn check_url(url: &str) -> Result<(), AmqpError> {
-    match url::Url::parse(url) {
-        Ok(parsed)
-            if matches!(parsed.scheme(), "amqp" | "amqps")
-                && parsed.has_host()
-                && !parsed.cannot_be_a_base() =>
-        {
-            Ok(())
+impl AmqpError {
+    /// Whether retrying cannot help until the configuration changes: a URL
+    /// or TLS setting that cannot be used, or every node's certificate refused.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::InvalidUrl | Self::TlsSetting { .. } => true,
+            Self::Unreachable { failures } => {
+                !failures.is_empty() && failures.iter().all(|f| f.permanent)
+            }
+            _ => false,
         }
-        _ => Err(AmqpError::InvalidUrl),
     }
+}
+
+/// Connects to the first node of `url` (`AMQP_URL`: one URL or a
+/// comma-separated list) that answers; the connection is named `name` in the
+/// broker's management view.
+pub async fn connect(url: &Secret<String>, name: &str) -> Result<Connection, AmqpError> {
+    Nodes::parse(url.expose())?.connect(name).await
 }
 
 /// Declares every exchange, queue and binding; idempotent.
@@ -462,13 +474,13 @@ mod tests {
             "http://guest:hunter2@rabbit/",
             "hunter2",
         ] {
-            let error = check_url(url).unwrap_err();
+            let error = Nodes::parse(url).err().expect("refused");
             assert!(matches!(error, AmqpError::InvalidUrl), "{url}");
             assert!(!error.to_string().contains("hunter2"), "{error}");
             assert!(!error.to_string().contains("cr3t"), "{error}");
         }
-        assert!(check_url("amqp://guest:se%2Fcr3t-pw@127.0.0.1:1/%2f").is_ok());
-        assert!(check_url("amqps://rabbit/%2f?cacertfile=/ca.pem").is_ok());
+        assert!(Nodes::parse("amqp://guest:se%2Fcr3t-pw@127.0.0.1:1/%2f").is_ok());
+        assert!(Nodes::parse("amqps://rabbit/%2f?server_name_indication=r").is_ok());
     }
 
     #[tokio::test]
@@ -486,5 +498,29 @@ mod tests {
             !message.contains("p%40ss") && !message.contains("w0rd"),
             "{message}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_list_of_unreachable_nodes_names_each_without_its_password() {
+        let url = Secret::new(
+            "amqp://guest:hunter2@127.0.0.1:1/%2f,amqp://guest:s3cr3t@127.0.0.1:2/%2f".to_owned(),
+        );
+
+        let error = connect(&url, "test").await.unwrap_err();
+
+        let message = error.to_string();
+        assert!(
+            message.starts_with("RabbitMQ: none of the 2 nodes of AMQP_URL answered: amqp://guest:***@127.0.0.1:1/%2f is unreachable: "),
+            "{message}"
+        );
+        assert!(
+            message.contains("; amqp://guest:***@127.0.0.1:2/%2f is unreachable: "),
+            "{message}"
+        );
+        assert!(
+            !message.contains("hunter2") && !message.contains("s3cr3t"),
+            "{message}"
+        );
+        assert!(!error.is_permanent());
     }
 }

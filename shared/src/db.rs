@@ -4,17 +4,30 @@
 //! it reads `_sqlx_migrations` first, so a role without DDL rights (the
 //! services' own roles, `deploy/postgres/roles.sql`) starts on an up-to-date
 //! schema, and says in one line what to do when it is not.
+//!
+//! TLS follows libpq's URL parameters: `sslmode` (`disable`, `allow`,
+//! `prefer` (the default), `require`, `verify-ca`, `verify-full`) and
+//! `sslrootcert` (a PEM file of trusted CAs, or `system`). The verifying
+//! modes also trust the public CAs built into the binary (Mozilla's list, as
+//! browsers do; `system` means those alone), never the files of
+//! `/etc/ssl/certs`, where Debian keeps its self-signed snakeoil certificate.
+//! As in libpq, `require` with an `sslrootcert` verifies the chain like
+//! `verify-ca`. A certificate that does not verify stops a service at once
+//! with one line saying why: waiting cannot fix it.
 
 use std::{str::FromStr, time::Duration};
 
 use backon::{ExponentialBuilder, Retryable};
 use sqlx::{
     migrate::{Migrate as _, MigrateError, Migrator},
-    postgres::{PgConnectOptions, PgPoolOptions},
+    postgres::{PgConnectOptions, PgPoolOptions, PgSslMode},
     PgConnection, PgPool,
 };
 
-use crate::secret::{redact_url, Secret};
+use crate::{
+    secret::{redact_url, Secret},
+    tls,
+};
 
 /// Every migration of `migrations/`, compiled into the binary.
 ///
@@ -32,14 +45,25 @@ pub enum DbError {
     /// The connection string does not parse.
     #[error("DATABASE_URL is not a valid PostgreSQL connection string")]
     InvalidUrl,
+    /// The TLS parameters of the connection string cannot be used.
+    #[error("DATABASE_URL: {0}")]
+    InvalidTls(String),
     /// The server did not answer in time.
-    #[error("PostgreSQL at {url} is unreachable: {source}")]
+    #[error("PostgreSQL at {url} is unreachable: {reason}")]
     Unreachable {
         /// The URL with its password hidden.
         url: String,
-        /// The last error.
-        #[source]
-        source: sqlx::Error,
+        /// The last error, on one line.
+        reason: String,
+    },
+    /// The server's certificate did not verify (or TLS could not be set up):
+    /// not retried, the configuration or the certificate has to change.
+    #[error("PostgreSQL at {url}: {reason}")]
+    TlsRefused {
+        /// The URL with its password hidden.
+        url: String,
+        /// What was refused and against which roots.
+        reason: String,
     },
     /// A migration failed.
     #[error("applying migrations failed")]
@@ -80,12 +104,10 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Builds a pool without connecting yet. Every session it opens has
 /// [`STATEMENT_TIMEOUT`].
 pub fn pool(url: &Secret<String>, max_connections: u32) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(url.expose())
-        .map_err(|_| DbError::InvalidUrl)?
-        .options([(
-            "statement_timeout",
-            format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
-        )]);
+    let options = connect_options(url.expose())?.options([(
+        "statement_timeout",
+        format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
+    )]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -101,11 +123,105 @@ pub async fn connect(
     let pool = pool(url, max_connections)?;
     wait_until_reachable(&pool, patience)
         .await
-        .map_err(|source| DbError::Unreachable {
-            url: redact_url(url.expose()),
-            source,
-        })?;
+        .map_err(|error| unreachable(url.expose(), &error))?;
     Ok(pool)
+}
+
+/// The connection options of `url` with libpq's TLS semantics: the file of
+/// `sslrootcert` must be readable, `sslrootcert=system` means the system
+/// public roots (and `verify-full`), `require` with a root file verifies the chain.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, DbError> {
+    let parsed = url::Url::parse(url).map_err(|_| DbError::InvalidUrl)?;
+    let root = parsed
+        .query_pairs()
+        .find(|(key, _)| matches!(key.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+        .map(|(_, value)| value.into_owned());
+    let system_roots = root.as_deref() == Some("system");
+    let options = if system_roots {
+        let mut without = parsed.clone();
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(key, _)| !matches!(key.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        without.query_pairs_mut().clear().extend_pairs(kept);
+        PgConnectOptions::from_str(without.as_str())
+    } else {
+        PgConnectOptions::from_str(url)
+    }
+    .map_err(|_| DbError::InvalidUrl)?;
+    let mode = options.get_ssl_mode();
+    if system_roots {
+        return match mode {
+            PgSslMode::VerifyFull => Ok(options),
+            PgSslMode::Prefer if !has_sslmode(&parsed) => {
+                Ok(options.ssl_mode(PgSslMode::VerifyFull))
+            }
+            _ => Err(DbError::InvalidTls(
+                "sslrootcert=system needs sslmode=verify-full".to_owned(),
+            )),
+        };
+    }
+    let Some(path) = root else {
+        return Ok(options);
+    };
+    // sqlx reads the file at each handshake and would report a missing one
+    // as an I/O error, like a server that is down.
+    if !path.starts_with("-----BEGIN") {
+        tls::roots_from_file(&path)
+            .map_err(|e| DbError::InvalidTls(format!("sslrootcert: {e}")))?;
+    }
+    Ok(match mode {
+        PgSslMode::Require => options.ssl_mode(PgSslMode::VerifyCa),
+        _ => options,
+    })
+}
+
+fn has_sslmode(url: &url::Url) -> bool {
+    url.query_pairs()
+        .any(|(key, _)| matches!(key.as_ref(), "sslmode" | "ssl-mode"))
+}
+
+/// What to say when the server could not be reached or refused TLS.
+fn unreachable(url: &str, error: &sqlx::Error) -> DbError {
+    let shown = redact_url(url);
+    match tls_failure(url, error) {
+        Some(reason) => DbError::TlsRefused { url: shown, reason },
+        None => DbError::Unreachable {
+            url: shown,
+            reason: error.to_string(),
+        },
+    }
+}
+
+/// A one-line account of a TLS failure in `error`, if it is one.
+fn tls_failure(url: &str, error: &sqlx::Error) -> Option<String> {
+    let roots = url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(key, _)| matches!(key.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+                .map(|(_, value)| value.into_owned())
+        })
+        .filter(|root| root != "system")
+        .map_or_else(
+            || "the built-in public roots".to_owned(),
+            |root| format!("sslrootcert {root}"),
+        );
+    if let Some(refused) = tls::find_tls_error(error) {
+        return Some(tls::describe(refused, &roots));
+    }
+    match error {
+        sqlx::Error::Tls(cause) => Some(format!("TLS: {cause}")),
+        _ => None,
+    }
+}
+
+/// Whether waiting cannot help: the server's certificate was refused, or
+/// TLS cannot be set up as asked (e.g. the server does not offer it).
+fn permanent(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Tls(_) | sqlx::Error::Configuration(_))
+        || tls::find_tls_error(error).is_some_and(tls::certificate_refused)
 }
 
 /// Builds a pool, waits up to `patience` for the server to answer, and applies
@@ -277,7 +393,8 @@ fn versions(list: &[i64]) -> String {
         .join(", ")
 }
 
-/// Retries `SELECT 1` with backoff until it succeeds or `patience` runs out.
+/// Retries `SELECT 1` with backoff until it succeeds or `patience` runs out;
+/// a TLS refusal is returned at once.
 pub async fn wait_until_reachable(pool: &PgPool, patience: Duration) -> Result<(), sqlx::Error> {
     let ping = || async { sqlx::query("SELECT 1").execute(pool).await.map(|_| ()) };
     let retried = ping
@@ -288,6 +405,7 @@ pub async fn wait_until_reachable(pool: &PgPool, patience: Duration) -> Result<(
                 .with_total_delay(Some(patience))
                 .without_max_times(),
         )
+        .when(|err| !permanent(err))
         .notify(|err, after| {
             tracing::warn!(error.message = %err, retry_in = ?after, "PostgreSQL not reachable yet");
         });
@@ -300,4 +418,49 @@ pub async fn wait_until_reachable(pool: &PgPool, patience: Duration) -> Result<(
 /// Whether PostgreSQL answers now; for readiness probes.
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed CA certificate (P-256), only for reading as a root file.
+    const UNIT_TEST_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBhTCCASugAwIBAgIUTr87u6CLdLEW9GL3UBdkVGomNQIwCgYIKoZIzj0EAwIw\nFzEVMBMGA1UEAwwMdW5pdC10ZXN0LWNhMCAXDTI2MTIwMzA5NTkyMFoYDzIxMjYx\nMTA5MDk1OTIwWjAXMRUwEwYDVQQDDAx1bml0LXRlc3QtY2EwWTATBgcqhkjOPQIB\nBggqhkjOPQMBBwNCAAR2dG318YIGQS3xJK2qeKRS6gwfo71y/vfJ1/jiwfGbQJzW\nJ2E0zkNdnLZ0ge8bNjVNuAGqVEQnnle2ZQYzGJ/Ko1MwUTAdBgNVHQ4EFgQUO6yG\nWaNN01E6nrDIGCbsxyNO9dMwHwYDVR0jBBgwFoAUO6yGWaNN01E6nrDIGCbsxyNO\n9dMwDwYDVR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNIADBFAiEA9Piib0oSjuoS\n0lY07tYkRxOfyesqzC64iQIaqgjZ5FoCIECNUznVuxb2lBEhx/4gRcsz/pchX17a\ncE2kno7RrDuj\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn tls_parameters_follow_libpq() {
+        let mode = |url: &str| connect_options(url).map(|o| o.get_ssl_mode());
+
+        assert!(matches!(mode("postgres://u@db/app"), Ok(PgSslMode::Prefer)));
+        assert!(matches!(
+            mode("postgres://u@db/app?sslrootcert=system"),
+            Ok(PgSslMode::VerifyFull)
+        ));
+        assert!(matches!(
+            mode("postgres://u@db/app?sslmode=require&sslrootcert=system"),
+            Err(DbError::InvalidTls(_))
+        ));
+        let root = std::env::temp_dir().join(format!("db-root-{}.pem", std::process::id()));
+        std::fs::write(&root, UNIT_TEST_CA).unwrap();
+        let with_root = format!(
+            "postgres://u@db/app?sslmode=require&sslrootcert={}",
+            root.display()
+        );
+        assert!(matches!(mode(&with_root), Ok(PgSslMode::VerifyCa)));
+        std::fs::remove_file(&root).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_root_file_is_named_without_the_password() {
+        let Err(error) = connect_options(
+            "postgres://u:hunter2@db/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        ) else {
+            panic!("an unreadable root file is refused");
+        };
+
+        assert_eq!(
+            error.to_string(),
+            "DATABASE_URL: sslrootcert: cannot read CA file /nonexistent/ca.pem (entity not found)"
+        );
+    }
 }

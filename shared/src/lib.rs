@@ -18,3 +18,4 @@ pub mod secret;
 pub mod shutdown;
 pub mod svix;
 pub mod telemetry;
+pub mod tls;

@@ -45,7 +45,31 @@ pub const UNPARSEABLE_URL: &str = "[unparseable url]";
 /// and path. The query (which may hold `password=`) and the fragment are left
 /// out. Anything the `url` crate cannot parse, or parses into something whose
 /// password may have spilled past the host, gives [`UNPARSEABLE_URL`].
+///
+/// A comma-separated list of `amqp://` and `amqps://` URLs (the nodes of a
+/// RabbitMQ cluster in `AMQP_URL`) is redacted entry by entry. A comma that
+/// does not separate such URLs (one inside a password) makes the string one
+/// URL, redacted whole.
 pub fn redact_url(url: &str) -> String {
+    let entries: Vec<&str> = url.split(',').map(str::trim).collect();
+    let list = entries.len() > 1
+        && entries.iter().all(|entry| {
+            url::Url::parse(entry).is_ok_and(|parsed| {
+                matches!(parsed.scheme(), "amqp" | "amqps") && nameable(&parsed)
+            })
+        });
+    if list {
+        entries
+            .into_iter()
+            .map(redact_one)
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        redact_one(url)
+    }
+}
+
+fn redact_one(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(parsed) if nameable(&parsed) => {
             let mut redacted = format!("{}://", parsed.scheme());
@@ -159,6 +183,25 @@ mod tests {
         ] {
             assert_eq!(redact_url(url), UNPARSEABLE_URL, "{url}");
         }
+    }
+
+    #[test]
+    fn redact_url_hides_every_password_of_a_list() {
+        assert_eq!(
+            redact_url(
+                "amqp://guest:hunter2@rabbit-1:5672/%2f, amqps://app:s3cr3t@rabbit-2/%2f?cacertfile=/ca.pem"
+            ),
+            "amqp://guest:***@rabbit-1:5672/%2f,amqps://app:***@rabbit-2/%2f"
+        );
+        // A comma inside a password is not a separator: the URL is one.
+        assert_eq!(
+            redact_url("amqp://guest:12,34@rabbit:5672/%2f"),
+            "amqp://guest:***@rabbit:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("amqp://guest:pa,ss@rabbit:5672/%2f,amqp://b/%2f"),
+            "amqp://guest:***@rabbit:5672/%2f,amqp://b/%2f"
+        );
     }
 
     fn percent_encode(text: &str) -> String {

@@ -15,6 +15,8 @@ use shared::{
 
 pub struct TestBroker {
     pub prefix: String,
+    /// The broker (or the comma-separated nodes of a cluster) it uses.
+    pub url: String,
     pub names: Names,
     pub connection: Connection,
     pub channel: Channel,
@@ -46,8 +48,14 @@ impl Received {
 impl TestBroker {
     /// A fresh prefix with the whole topology declared.
     pub async fn new() -> Self {
+        Self::new_at(&crate::amqp_url()).await
+    }
+
+    /// A fresh prefix with the whole topology declared on the broker at `url`
+    /// (one URL or a cluster's list).
+    pub async fn new_at(url: &str) -> Self {
         let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-        let broker = Self::adopt(&prefix).await;
+        let broker = Self::adopt_at(url, &prefix).await;
         amqp::declare_topology(&broker.channel, &broker.names)
             .await
             .expect("declare topology");
@@ -57,14 +65,20 @@ impl TestBroker {
     /// Takes charge of a prefix something else declared, to inspect it and to
     /// remove it when the test ends.
     pub async fn adopt(prefix: &str) -> Self {
+        Self::adopt_at(&crate::amqp_url(), prefix).await
+    }
+
+    /// [`TestBroker::adopt`] on the broker at `url`.
+    pub async fn adopt_at(url: &str, prefix: &str) -> Self {
         let prefix = prefix.to_owned();
         let names = Names::new(&prefix);
-        let connection = amqp::connect(&Secret::new(crate::amqp_url()), "e2e-test")
+        let connection = amqp::connect(&Secret::new(url.to_owned()), "e2e-test")
             .await
             .expect("connect to the test RabbitMQ");
         let channel = connection.create_channel().await.expect("channel");
         Self {
             prefix,
+            url: url.to_owned(),
             names,
             connection,
             channel,
@@ -163,15 +177,14 @@ fn received(message: &BasicGetMessage) -> Received {
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let names = self.names.clone();
+        let url = self.url.clone();
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("cleanup runtime");
             runtime.block_on(async move {
-                let Ok(connection) =
-                    amqp::connect(&Secret::new(crate::amqp_url()), "e2e-cleanup").await
-                else {
+                let Ok(connection) = amqp::connect(&Secret::new(url), "e2e-cleanup").await else {
                     return;
                 };
                 if let Ok(channel) = connection.create_channel().await {

@@ -1,10 +1,12 @@
 //! Test harness for the end-to-end tests: a fresh database and a fresh broker
 //! prefix per test (both removed on drop, also when the test fails), a TCP
 //! proxy that can cut a dependency off, a real ingress on port 0, signed
-//! Clerk-shaped deliveries, and restricted database roles and broker users.
+//! Clerk-shaped deliveries, restricted database roles and broker users, a
+//! certificate authority with a TLS endpoint, and a RabbitMQ cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod broker;
+pub mod cluster;
 pub mod commands;
 pub mod db;
 pub mod deliveries;
@@ -14,6 +16,7 @@ pub mod plans;
 pub mod process;
 pub mod proxy;
 pub mod roles;
+pub mod tls;
 pub mod worker;
 
 use std::{future::Future, path::PathBuf, time::Duration};

@@ -21,7 +21,19 @@ pub struct TcpProxy {
 impl TcpProxy {
     /// Listens on a free local port and forwards to `127.0.0.1:upstream_port`.
     pub async fn start(upstream_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_at("127.0.0.1", upstream_port).await
+    }
+
+    /// Listens on a free port of the (local) address `host` resolves to (its
+    /// first IPv4 one) and forwards to `127.0.0.1:upstream_port`: a server
+    /// that listens on 127.0.0.1 only, reached under a name of the machine.
+    pub async fn start_at(host: &str, upstream_port: u16) -> Self {
+        let address = tokio::net::lookup_host((host, 0))
+            .await
+            .expect("resolve the proxy's host")
+            .find(std::net::SocketAddr::is_ipv4)
+            .unwrap_or_else(|| panic!("{host} has no IPv4 address"));
+        let listener = TcpListener::bind(address).await.expect("bind proxy");
         let port = listener.local_addr().expect("proxy addr").port();
         let open = Arc::new(AtomicBool::new(true));
         let links: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();

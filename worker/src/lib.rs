@@ -384,8 +384,9 @@ async fn connect_with_patience(
                 .with_max_delay(Duration::from_secs(2))
                 .without_max_times(),
         )
-        // A URL that does not parse will not parse later either.
-        .when(|error| !matches!(error, AmqpError::InvalidUrl))
+        // A URL that does not parse, or a certificate every node presents
+        // and that does not verify, will not change by waiting.
+        .when(|error| !error.is_permanent())
         .notify(|error, after| {
             tracing::warn!(error.message = %error, retry_in = ?after, "RabbitMQ not reachable yet");
         });
