@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod clerk_api;
 pub mod clerk_sync;
+pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod credits;

@@ -1,0 +1,22 @@
+//! `worker migrate`: applies the pending migrations and exits (the operation
+//! is [`crate::migrate::run`]). It is added to the command line apart from
+//! [`super::Command`] because it reads only the database settings.
+
+use crate::config::Config;
+
+/// The subcommand's name on the command line.
+pub const NAME: &str = "migrate";
+
+/// The `migrate` subcommand, to add to the worker's command line. It takes
+/// no arguments beyond the database settings.
+pub fn command() -> clap::Command {
+    clap::Command::new(NAME).about(
+        "Apply pending database migrations and exit; run it with the schema owner's DATABASE_URL",
+    )
+}
+
+/// Applies what is pending and prints the report.
+pub async fn run(config: &Config) -> anyhow::Result<()> {
+    println!("{}", crate::migrate::run(&config.database).await?);
+    Ok(())
+}
