@@ -3,6 +3,7 @@
 //! may consume the same queue.
 
 pub mod audit;
+pub mod backfill;
 pub mod clerk_api;
 pub mod clerk_sync;
 pub mod commands;

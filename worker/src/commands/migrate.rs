@@ -1,5 +1,5 @@
-//! `worker migrate`: applies the pending migrations and exits (the operation
-//! is [`crate::migrate::run`]). It is added to the command line apart from
+//! `worker migrate`: applies the pending migrations, fills what they leave to
+//! fill, and exits (the operation is [`crate::migrate::run`]). It is added to the command line apart from
 //! [`super::Command`] because it reads only the database settings.
 
 use crate::config::Config;
@@ -15,8 +15,15 @@ pub fn command() -> clap::Command {
     )
 }
 
-/// Applies what is pending and prints the report.
+/// Applies what is pending, fills the subjects of events stored before the
+/// ingress computed them ([`crate::backfill`]), and prints both.
 pub async fn run(config: &Config) -> anyhow::Result<()> {
-    println!("{}", crate::migrate::run(&config.database).await?);
+    let report = crate::migrate::run(&config.database).await?;
+    let pool =
+        shared::db::connect(&config.database.database_url, 1, config.database.patience()).await?;
+    let filled = crate::backfill::event_subjects(&pool).await;
+    pool.close().await;
+    println!("subjects_filled={}", filled?);
+    println!("{report}");
     Ok(())
 }
