@@ -27,6 +27,8 @@ const QUEUE: usize = 4096;
 pub struct NewEvent {
     pub webhook_id: String,
     pub event_type: String,
+    /// The user or organization it concerns (`shared::event::subject`).
+    pub subject: Option<String>,
     /// The body as text (it parsed as JSON, so it is UTF-8).
     pub text: String,
     pub raw_body: bytes::Bytes,
@@ -177,6 +179,7 @@ impl Writer {
 async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<String>, sqlx::Error> {
     let mut ids = Vec::with_capacity(batch.len());
     let mut types = Vec::with_capacity(batch.len());
+    let mut subjects = Vec::with_capacity(batch.len());
     let mut texts = Vec::with_capacity(batch.len());
     let mut bodies = Vec::with_capacity(batch.len());
     let mut traceparents = Vec::with_capacity(batch.len());
@@ -184,16 +187,18 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<String>, sql
         let event = &request.event;
         ids.push(event.webhook_id.as_str());
         types.push(event.event_type.as_str());
+        subjects.push(event.subject.as_deref());
         texts.push(event.text.as_str());
         bodies.push(event.raw_body.as_ref());
         traceparents.push(event.traceparent.as_str());
     }
     let stored: Vec<String> = sqlx::query_scalar(
         "WITH stored AS (\
-             INSERT INTO webhook_events (webhook_id, event_type, payload, raw_body, traceparent) \
-             SELECT id, kind, text::jsonb, body, traceparent \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[]) \
-                  AS batch(id, kind, text, body, traceparent) \
+             INSERT INTO webhook_events \
+                 (webhook_id, event_type, payload, raw_body, traceparent, subject) \
+             SELECT id, kind, text::jsonb, body, traceparent, subject \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[]) \
+                  AS batch(id, kind, text, body, traceparent, subject) \
              ON CONFLICT (webhook_id) DO NOTHING RETURNING id, webhook_id), \
          queued AS (INSERT INTO webhook_outbox (event_id) SELECT id FROM stored) \
          SELECT webhook_id FROM stored",
@@ -203,6 +208,7 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<String>, sql
     .bind(&texts)
     .bind(&bodies)
     .bind(&traceparents)
+    .bind(&subjects)
     .fetch_all(pool)
     .await?;
     Ok(stored.into_iter().collect())

@@ -29,17 +29,71 @@ pub enum PayloadError {
 /// Reads the event type of a raw body: it must be a JSON object with a
 /// non-empty string `type`.
 pub fn event_type(body: &[u8]) -> Result<String, PayloadError> {
+    envelope(body).map(|envelope| envelope.event_type)
+}
+
+/// What the ingress stores beside a verified body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The event type (`type`).
+    pub event_type: String,
+    /// The user or organization the event concerns ([`subject`]).
+    pub subject: Option<String>,
+}
+
+/// Reads the type and the subject of a raw body, parsing it once: it must be
+/// a JSON object with a non-empty string `type`.
+pub fn envelope(body: &[u8]) -> Result<Envelope, PayloadError> {
     let object: Map<String, Value> =
         serde_json::from_slice(body).map_err(|_| PayloadError::NotAnObject)?;
-    match object.get("type") {
-        Some(Value::String(kind)) if !kind.is_empty() && kind.len() <= 255 => Ok(kind.clone()),
-        _ => Err(PayloadError::MissingType),
-    }
+    let event_type = match object.get("type") {
+        Some(Value::String(kind)) if !kind.is_empty() && kind.len() <= 255 => kind.clone(),
+        _ => return Err(PayloadError::MissingType),
+    };
+    let subject = object
+        .get("data")
+        .and_then(|data| subject(&event_type, data));
+    Ok(Envelope {
+        event_type,
+        subject,
+    })
+}
+
+/// The Clerk user or organization id an event concerns, from its `data`:
+/// `data.id` for `user.*` and `organization.*`; the payer's `user_id`, else
+/// its `organization_id`, for billing events (`subscription*`,
+/// `paymentAttempt.*`); the member's user id, else the organization, for
+/// `organizationMembership.*`; else `data.user_id`, else
+/// `data.organization_id`. `None` when the event names neither.
+pub fn subject(event_type: &str, data: &Value) -> Option<String> {
+    let text = |value: Option<&Value>| match value {
+        Some(Value::String(id)) if !id.is_empty() => Some(id.clone()),
+        _ => None,
+    };
+    let family = event_type.split('.').next().unwrap_or_default();
+    let found = match family {
+        "user" | "organization" => text(data.get("id")),
+        "subscription" | "subscriptionItem" | "paymentAttempt" => {
+            let payer = data.get("payer");
+            text(payer.and_then(|p| p.get("user_id")))
+                .or_else(|| text(payer.and_then(|p| p.get("organization_id"))))
+        }
+        "organizationMembership" => text(
+            data.get("public_user_data")
+                .and_then(|user| user.get("user_id")),
+        )
+        .or_else(|| text(data.get("organization").and_then(|org| org.get("id")))),
+        _ => None,
+    };
+    found
+        .or_else(|| text(data.get("user_id")))
+        .or_else(|| text(data.get("organization_id")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn reads_the_type_of_an_object() {
@@ -69,6 +123,79 @@ mod tests {
             event_type(br#"{"type":""}"#),
             Err(PayloadError::MissingType)
         );
+    }
+
+    #[test]
+    fn the_subject_is_the_user_or_organization_the_event_concerns() {
+        let cases = [
+            ("user.created", json!({"id": "user_1"}), Some("user_1")),
+            (
+                "user.deleted",
+                json!({"id": "user_2", "deleted": true}),
+                Some("user_2"),
+            ),
+            (
+                "organization.updated",
+                json!({"id": "org_1"}),
+                Some("org_1"),
+            ),
+            (
+                "subscriptionItem.active",
+                json!({"payer": {"user_id": "user_3", "organization_id": ""}}),
+                Some("user_3"),
+            ),
+            (
+                "paymentAttempt.updated",
+                json!({"payer": {"user_id": "", "organization_id": "org_2"}}),
+                Some("org_2"),
+            ),
+            (
+                "subscription.created",
+                json!({"payer": {"user_id": null, "organization_id": "org_3"}}),
+                Some("org_3"),
+            ),
+            (
+                "organizationMembership.created",
+                json!({"public_user_data": {"user_id": "user_4"}, "organization": {"id": "org_4"}}),
+                Some("user_4"),
+            ),
+            (
+                "session.created",
+                json!({"id": "sess_1", "user_id": "user_5"}),
+                Some("user_5"),
+            ),
+            (
+                "organizationInvitation.created",
+                json!({"organization_id": "org_5"}),
+                Some("org_5"),
+            ),
+            ("email.created", json!({"id": "ema_1"}), None),
+            ("user.created", json!({"id": 42}), None),
+            ("paymentAttempt.updated", json!({"payer": null}), None),
+        ];
+        for (event_type, data, expected) in cases {
+            assert_eq!(
+                subject(event_type, &data).as_deref(),
+                expected,
+                "{event_type} {data}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_envelope_reads_type_and_subject_in_one_parse() {
+        assert_eq!(
+            envelope(br#"{"type":"user.updated","data":{"id":"user_1"}}"#),
+            Ok(Envelope {
+                event_type: "user.updated".to_owned(),
+                subject: Some("user_1".to_owned()),
+            })
+        );
+        assert_eq!(
+            envelope(br#"{"type":"user.updated"}"#).map(|e| e.subject),
+            Ok(None)
+        );
+        assert_eq!(envelope(br#"{"data":{}}"#), Err(PayloadError::MissingType));
     }
 }
 

@@ -2,13 +2,16 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::Parser;
 use shared::{
     config::{AmqpConfig, DatabaseConfig, LogConfig},
     secret::Secret,
 };
 
-use crate::credits::{catalog::CatalogError, Catalog};
+use crate::{
+    commands::Command,
+    credits::{catalog::CatalogError, Catalog},
+};
 
 /// Command line and environment of the `worker` binary.
 #[derive(Parser, Clone, Debug)]
@@ -69,197 +72,9 @@ pub struct Config {
     )]
     pub credit_plans: Option<PathBuf>,
 
+    /// What to do; `run` when absent.
     #[command(subcommand)]
     pub command: Option<Command>,
-}
-
-#[derive(Subcommand, Clone, Debug)]
-pub enum Command {
-    /// Consume events and apply handlers (the default).
-    Run,
-    /// Inspect the dead-letter queue and move dead letters back for processing.
-    Dlq {
-        #[command(subcommand)]
-        command: DlqCommand,
-    },
-    /// Re-publish stored events; handlers are idempotent, so processed events
-    /// are skipped by the worker as duplicates.
-    Replay(ReplayArgs),
-    /// Delete processed and ignored events older than a given age; dead,
-    /// failed and unprocessed events are never deleted.
-    Prune(PruneArgs),
-    /// Manual credit changes.
-    Credits {
-        #[command(subcommand)]
-        command: CreditsCommand,
-    },
-    /// Reconcile with Clerk's Backend API.
-    Sync {
-        #[command(subcommand)]
-        command: SyncCommand,
-    },
-}
-
-/// Who runs an operator's command, for the audit log (`admin_actions.actor`).
-#[derive(Args, Clone, Debug)]
-pub struct ActorArg {
-    /// Who, for the audit log; defaults to $USER.
-    #[arg(
-        long,
-        value_name = "NAME",
-        env = "USER",
-        default_value = "operator",
-        hide_env_values = true
-    )]
-    pub actor: String,
-}
-
-#[derive(Subcommand, Clone, Debug)]
-pub enum CreditsCommand {
-    /// Set or change one user's balance: audited, and synced to Clerk like any
-    /// other change.
-    Adjust(CreditsAdjustArgs),
-}
-
-#[derive(Args, Clone, Debug)]
-#[command(group(ArgGroup::new("change").required(true).args(["set", "add"])))]
-pub struct CreditsAdjustArgs {
-    /// Clerk user id (user_…).
-    #[arg(value_name = "USER_ID")]
-    pub user_id: String,
-
-    /// Make the balance exactly N.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub set: Option<i64>,
-
-    /// Add N to the balance (negative to take away).
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub add: Option<i64>,
-
-    /// Why, for the audit log.
-    #[arg(long, value_name = "TEXT")]
-    pub reason: String,
-
-    /// Who, for the audit log; defaults to $USER.
-    #[arg(
-        long,
-        value_name = "NAME",
-        env = "USER",
-        default_value = "operator",
-        hide_env_values = true
-    )]
-    pub actor: String,
-}
-
-#[derive(Subcommand, Clone, Debug)]
-pub enum SyncCommand {
-    /// Reconcile with Clerk: create missing users, refresh changed ones,
-    /// release users Clerk deleted, bring plan credits in line with Clerk
-    /// Billing, and push balances to Clerk's metadata.
-    Users(SyncUsersArgs),
-}
-
-#[derive(Args, Clone, Debug)]
-pub struct SyncUsersArgs {
-    /// Report and list what would change; write nothing locally or to Clerk.
-    #[arg(long)]
-    pub dry_run: bool,
-
-    #[command(flatten)]
-    pub audit: ActorArg,
-}
-
-#[derive(Subcommand, Clone, Debug)]
-pub enum DlqCommand {
-    /// List dead-lettered events without removing them.
-    List(DlqListArgs),
-    /// Re-publish dead-lettered events for processing; a message leaves the
-    /// dead-letter queue only after its re-publish is confirmed.
-    Replay(DlqReplayArgs),
-}
-
-#[derive(Args, Clone, Debug)]
-pub struct DlqListArgs {
-    /// Show at most this many dead letters.
-    #[arg(long, value_name = "N", default_value_t = crate::dlq::DEFAULT_LIST_LIMIT,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub limit: u32,
-
-    /// Print one JSON array instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Clone, Debug)]
-#[command(group(ArgGroup::new("selection").required(true).args(["ids", "event_type", "all"])))]
-pub struct DlqReplayArgs {
-    /// Replay the dead letters with these svix ids (repeatable).
-    #[arg(long = "id", value_name = "SVIX_ID", num_args = 1..)]
-    pub ids: Vec<String>,
-
-    /// Replay every dead letter of this event type.
-    #[arg(long = "type", value_name = "TYPE")]
-    pub event_type: Option<String>,
-
-    /// Replay every dead letter.
-    #[arg(long)]
-    pub all: bool,
-
-    /// Show what would be replayed; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-
-    #[command(flatten)]
-    pub audit: ActorArg,
-}
-
-#[derive(Args, Clone, Debug)]
-#[command(group(ArgGroup::new("events").required(true).args(["ids", "since"])))]
-pub struct ReplayArgs {
-    /// Re-publish from the `webhook_events` archive (the only source).
-    #[arg(long, required = true)]
-    pub from_store: bool,
-
-    /// Re-publish the stored events with these svix ids (repeatable).
-    #[arg(long = "id", value_name = "SVIX_ID", num_args = 1..)]
-    pub ids: Vec<String>,
-
-    /// Re-publish the events received at or after this instant
-    /// (RFC 3339, e.g. 2024-05-01T00:00:00Z).
-    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
-    pub since: Option<time::OffsetDateTime>,
-
-    /// With --since: only events of this type.
-    #[arg(long = "type", value_name = "TYPE", conflicts_with = "ids")]
-    pub event_type: Option<String>,
-
-    #[command(flatten)]
-    pub audit: ActorArg,
-}
-
-#[derive(Args, Clone, Debug)]
-pub struct PruneArgs {
-    /// Age of the events to delete: a number and a unit, one of s, m, h, d
-    /// or w (e.g. 30d). Keep it longer than the sender's retry window: a
-    /// redelivery of a pruned event is no longer recognised as a duplicate.
-    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
-    pub older_than: Duration,
-
-    /// Count what would be deleted; delete nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-
-    #[command(flatten)]
-    pub audit: ActorArg,
-}
-
-fn parse_rfc3339(value: &str) -> Result<time::OffsetDateTime, String> {
-    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
-        .map_err(|_| "not an RFC 3339 timestamp (e.g. 2024-05-01T00:00:00Z)".to_owned())
-}
-
-fn parse_age(value: &str) -> Result<Duration, String> {
-    crate::prune::parse_duration(value).map_err(|e| e.to_string())
 }
 
 /// Everything `worker run` needs, validated.

@@ -3,8 +3,10 @@
 //! may consume the same queue.
 
 pub mod audit;
+pub mod backfill;
 pub mod clerk_api;
 pub mod clerk_sync;
+pub mod commands;
 pub mod config;
 pub mod consumer;
 pub mod credits;

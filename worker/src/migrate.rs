@@ -1,4 +1,5 @@
-//! `worker migrate`: applies the pending migrations and exits.
+//! `worker migrate`: applies the pending migrations and exits (its command
+//! line is `crate::commands::migrate`).
 //!
 //! The services' own PostgreSQL roles may not run DDL (`deploy/postgres/roles.sql`);
 //! an operator runs this once per upgrade with the schema owner's
@@ -10,17 +11,6 @@ use shared::{
     config::DatabaseConfig,
     db::{self, DbError},
 };
-
-/// The subcommand's name on the command line.
-pub const NAME: &str = "migrate";
-
-/// The `migrate` subcommand, to add to the worker's command line. It takes
-/// no arguments beyond the database settings.
-pub fn command() -> clap::Command {
-    clap::Command::new(NAME).about(
-        "Apply pending database migrations and exit; run it with the schema owner's DATABASE_URL",
-    )
-}
 
 /// What `worker migrate` applied.
 #[derive(Debug, Clone, PartialEq, Eq)]

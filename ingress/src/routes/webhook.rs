@@ -235,13 +235,17 @@ async fn accept(
         .map_err(|_| WebhookError::SlowBody)??;
     let verified = state.secrets.verify_body(&checked, &body)?;
     drop(permit);
-    let event_type = event::event_type(&body)?;
-    // event_type() parsed the body as JSON, which guarantees valid UTF-8.
+    let event::Envelope {
+        event_type,
+        subject,
+    } = event::envelope(&body)?;
+    // envelope() parsed the body as JSON, which guarantees valid UTF-8.
     let text = std::str::from_utf8(&body).map_err(|_| PayloadError::NotAnObject)?;
 
     let store = state.store.store(NewEvent {
         webhook_id: verified.id.clone(),
         event_type: event_type.clone(),
+        subject,
         text: text.to_owned(),
         raw_body: body.clone(),
         traceparent: shared::telemetry::current_traceparent(),

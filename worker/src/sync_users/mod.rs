@@ -110,7 +110,7 @@ struct Run<'a> {
     api: &'a ClerkApi,
     catalog: &'a Catalog,
     request: &'a SyncRequest,
-    progress: &'a mut dyn Progress,
+    progress: &'a mut (dyn Progress + Send + Sync),
     report: SyncReport,
 }
 
@@ -145,7 +145,7 @@ pub async fn sync_users(
     api: &ClerkApi,
     catalog: &Catalog,
     request: &SyncRequest,
-    progress: &mut dyn Progress,
+    progress: &mut (dyn Progress + Send + Sync),
 ) -> Result<SyncReport, SyncError> {
     let mut run = Run {
         pool,

@@ -1,0 +1,87 @@
+//! The one error type of the admin service, and its one mapping to HTTP.
+
+use axum::{
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
+
+/// Everything a request or a command of the admin service can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No token, an unknown one or a revoked one.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// The request body or parameters are not what the route takes.
+    #[error("bad request: {detail}")]
+    BadRequest {
+        /// The stable machine code.
+        code: &'static str,
+        /// What is wrong, for people.
+        detail: String,
+    },
+    /// The thing named in the path does not exist.
+    #[error("not found: {detail}")]
+    NotFound {
+        /// The stable machine code.
+        code: &'static str,
+        /// What was not found.
+        detail: String,
+    },
+    /// A well-formed change the data refuses.
+    #[error("refused: {detail}")]
+    Refused {
+        /// The stable machine code.
+        code: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// A dependency the route needs is not configured.
+    #[error("unavailable: {detail}")]
+    Unavailable {
+        /// The stable machine code.
+        code: &'static str,
+        /// What is missing.
+        detail: String,
+    },
+    /// A token name is taken.
+    #[error("a token named {0} exists already")]
+    TokenExists(String),
+    /// No token has that name.
+    #[error("no token named {0}")]
+    NoSuchToken(String),
+    /// PostgreSQL failed.
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, code, detail) = match &self {
+            AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
+            AdminError::BadRequest { code, detail } => {
+                (StatusCode::BAD_REQUEST, *code, Some(detail.clone()))
+            }
+            AdminError::NotFound { code, detail } => {
+                (StatusCode::NOT_FOUND, *code, Some(detail.clone()))
+            }
+            AdminError::Refused { code, detail } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                *code,
+                Some(detail.clone()),
+            ),
+            AdminError::Unavailable { code, detail } => {
+                (StatusCode::SERVICE_UNAVAILABLE, *code, Some(detail.clone()))
+            }
+            AdminError::TokenExists(_) | AdminError::NoSuchToken(_) | AdminError::Database(_) => {
+                tracing::error!(error.message = %self, error.cause_chain = ?self, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+            }
+        };
+        let body = match detail {
+            Some(detail) => serde_json::json!({"error": code, "detail": detail}),
+            None => serde_json::json!({"error": code}),
+        };
+        (status, Json(body)).into_response()
+    }
+}

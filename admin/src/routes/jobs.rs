@@ -1,0 +1,26 @@
+//! `GET /api/admin/jobs/{id}`: a job's progress and result.
+
+use axum::{
+    extract::{Path, State},
+    routing::get,
+    Json, Router,
+};
+
+use crate::{error::AdminError, jobs::Job, AppState};
+
+/// The routes of this file.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/admin/jobs/{id}", get(get_job))
+}
+
+async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, AdminError> {
+    let unknown = || AdminError::NotFound {
+        code: "unknown_job",
+        detail: format!("no job {id} in this process"),
+    };
+    let uuid = uuid::Uuid::parse_str(&id).map_err(|_| unknown())?;
+    state.jobs.get(uuid).map(Json).ok_or_else(unknown)
+}

@@ -1,0 +1,40 @@
+//! The admin API's routes, one file per resource, each exporting `router()`.
+
+pub mod credits;
+pub mod jobs;
+pub mod sync;
+
+use axum::{
+    extract::{Request, State},
+    http::header::AUTHORIZATION,
+    middleware::Next,
+    response::Response,
+};
+
+use crate::{error::AdminError, AppState};
+
+/// The token's name, set by [`authenticate`]: the actor of every change.
+#[derive(Clone, Debug)]
+pub struct Actor(pub String);
+
+/// Lets through only requests with `Authorization: Bearer TOKEN` of a live
+/// token, and hands the token's name to the route.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, AdminError> {
+    let token = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or(AdminError::Unauthorized)?;
+    let actor = crate::tokens::actor(&state.pool, token)
+        .await?
+        .ok_or(AdminError::Unauthorized)?;
+    request.extensions_mut().insert(Actor(actor));
+    Ok(next.run(request).await)
+}
