@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# One image with both services: `ingress` (the default command) and `worker`.
+# One image with the services: `ingress` (the default command), `worker` and
+# `admin`.
 #   docker build -t clerk-events .
 #   docker run --rm clerk-events worker --help
 
@@ -14,9 +15,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p ingress -p worker \
+    cargo build --release --locked -p ingress -p worker -p admin \
     && mkdir -p /out \
-    && cp target/release/ingress target/release/worker /out/
+    && cp target/release/ingress target/release/worker target/release/admin /out/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
@@ -25,7 +26,7 @@ RUN apt-get update \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin app
-COPY --from=builder /out/ingress /out/worker /usr/local/bin/
+COPY --from=builder /out/ingress /out/worker /out/admin /usr/local/bin/
 USER app:app
 ENV INGRESS_ADDR=0.0.0.0:8080 \
     LOG_FORMAT=json
