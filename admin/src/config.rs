@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 use shared::{
-    config::{DatabaseConfig, LogConfig},
+    config::{AmqpConfig, DatabaseConfig, LogConfig},
     secret::Secret,
 };
 use worker::{
@@ -19,6 +19,10 @@ pub struct Config {
     /// The database.
     #[command(flatten)]
     pub database: DatabaseConfig,
+
+    /// The broker (dead letters and replays).
+    #[command(flatten)]
+    pub amqp: AmqpConfig,
 
     /// Log output.
     #[command(flatten)]

@@ -1,5 +1,10 @@
 //! The one error type of the admin service, and its one mapping to HTTP.
 
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::queries::BadParameter;
+
 use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
@@ -73,6 +78,14 @@ impl IntoResponse for AdminError {
             AdminError::Unavailable { code, detail } => {
                 (StatusCode::SERVICE_UNAVAILABLE, *code, Some(detail.clone()))
             }
+            AdminError::Database(error) if is_data_exception(error) => {
+                tracing::info!(error.message = %error, "a request's value was refused by PostgreSQL");
+                (
+                    StatusCode::BAD_REQUEST,
+                    "bad_value",
+                    Some("a value of the request cannot be stored or compared".to_owned()),
+                )
+            }
             AdminError::TokenExists(_) | AdminError::NoSuchToken(_) | AdminError::Database(_) => {
                 tracing::error!(error.message = %self, error.cause_chain = ?self, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
@@ -84,4 +97,33 @@ impl IntoResponse for AdminError {
         };
         (status, Json(body)).into_response()
     }
+}
+
+/// PostgreSQL's data exceptions (SQLSTATE class 22: a text with a NUL byte, a
+/// number out of range, …) are caused by a value a client sent, never by the
+/// service: they answer 400, not 500.
+fn is_data_exception(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code.starts_with("22"))
+}
+
+impl From<BadParameter> for AdminError {
+    fn from(bad: BadParameter) -> Self {
+        AdminError::BadRequest {
+            code: bad.code,
+            detail: bad.detail,
+        }
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine code: `unauthorized`, `bad_limit`, `unknown_user`, …
+    pub error: String,
+    /// What is wrong, for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }

@@ -8,10 +8,11 @@ use std::{
 };
 
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Where a job is.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Still running.
@@ -23,7 +24,7 @@ pub enum JobState {
 }
 
 /// A job as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Job {
     /// Its id.
     pub id: Uuid,
@@ -35,14 +36,16 @@ pub struct Job {
     pub state: JobState,
     /// The phase running and how many it has done, while it runs.
     pub progress: Option<Progress>,
-    /// The report, once it succeeded.
+    /// The report, once it succeeded: `processed`, `created_users`,
+    /// `credits_refreshed`, `failed`, …
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     /// Why it failed, once it failed.
     pub error: Option<String>,
 }
 
 /// Progress of a running job.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Progress {
     /// The phase.
     pub phase: String,

@@ -5,9 +5,11 @@
 //! [`Admin::run`] serve; [`tokens`] manages the API tokens.
 #![warn(missing_docs)]
 
+pub mod broker;
 pub mod config;
 pub mod error;
 pub mod jobs;
+pub mod queries;
 pub mod routes;
 pub mod tokens;
 
@@ -30,6 +32,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// The jobs of this process.
     pub jobs: jobs::Jobs,
+    /// RabbitMQ, for dead letters and replays.
+    pub broker: broker::Broker,
 }
 
 /// The router: `/healthz` open, everything under `/api/admin` behind a token.
@@ -38,6 +42,11 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::credits::router())
         .merge(routes::sync::router())
         .merge(routes::jobs::router())
+        .merge(routes::users::router())
+        .merge(routes::events::router())
+        .merge(routes::dlq::router())
+        .merge(routes::audit::router())
+        .merge(routes::openapi::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             routes::authenticate,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use admin::{
+    broker::Broker,
     config::{Command, Config, TokensCommand},
     jobs::Jobs,
     tokens, Admin, AppState,
@@ -64,6 +65,7 @@ async fn serve(config: &Config, pool: sqlx::PgPool) -> anyhow::Result<()> {
         clerk: config.clerk()?,
         catalog: Arc::new(config.catalog()?),
         jobs: Jobs::default(),
+        broker: Broker::new(config.amqp.clone()),
     };
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await

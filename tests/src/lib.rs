@@ -5,6 +5,7 @@
 //! certificate authority with a TLS endpoint, and a RabbitMQ cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod admin;
 pub mod broker;
 pub mod cluster;
 pub mod commands;

@@ -3,102 +3,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use admin::{jobs::Jobs, Admin, AppState};
-use e2e::{db::TestDb, fake_clerk::FakeClerk, wait_for};
+use e2e::{admin::TestAdmin, db::TestDb, fake_clerk::FakeClerk, wait_for};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-use shared::secret::Secret;
-use tokio_util::sync::CancellationToken;
-use worker::{config::ClerkSettings, credits::Catalog};
+use serde_json::json;
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// An admin service on port 0 over a fresh database.
-struct TestAdmin {
-    db: TestDb,
-    base: String,
-    http: reqwest::Client,
-    shutdown: CancellationToken,
-}
-
-impl TestAdmin {
-    async fn spawn(clerk: Option<&FakeClerk>) -> Self {
-        let db = TestDb::new().await;
-        let state = AppState {
-            pool: db.pool.clone(),
-            clerk: clerk.map(|clerk| ClerkSettings {
-                api_url: clerk.url.clone(),
-                secret_key: Secret::new(e2e::fake_clerk::SECRET_KEY.to_owned()),
-            }),
-            catalog: Arc::new(Catalog::default()),
-            jobs: Jobs::default(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = Admin::build(listener, state);
-        let base = format!("http://{}", admin.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        tokio::spawn(admin.run(shutdown.clone()));
-        Self {
-            db,
-            base,
-            http: reqwest::Client::new(),
-            shutdown,
-        }
-    }
-
-    async fn token(&self, name: &str) -> String {
-        admin::tokens::create(&self.db.pool, name).await.unwrap()
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&str>,
-    ) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.to_owned());
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    async fn put(&self, path: &str, token: &str, body: &str) -> (StatusCode, Value) {
-        self.send(reqwest::Method::PUT, path, Some(token), Some(body))
-            .await
-    }
-
-    async fn exec(&self, sql: &str) {
-        sqlx::query(sql).execute(&self.db.pool).await.unwrap();
-    }
-
-    async fn scalar(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql)
-            .fetch_one(&self.db.pool)
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for TestAdmin {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
 
 /// Runs the built `admin` binary against `db`.
 fn run_admin(db: &TestDb, args: &[&str]) -> std::process::Output {

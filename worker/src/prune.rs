@@ -140,7 +140,7 @@ const CANDIDATES: &str = shared::event_status::PRUNABLE;
 pub async fn prune(
     pool: &PgPool,
     request: &PruneRequest,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<PruneReport, PruneError> {
     let database = |deleted| move |source| PruneError::Database { deleted, source };
     let seconds =

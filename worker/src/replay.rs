@@ -107,7 +107,7 @@ pub async fn replay_from_store(
     names: &Names,
     selection: &StoreSelection,
     actor: &str,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<StoreReplayReport, ReplayError> {
     let mut report = StoreReplayReport::default();
     let outcome = replay_with(pool, connection, names, selection, &mut report, progress).await;
@@ -146,7 +146,7 @@ async fn replay_with(
     names: &Names,
     selection: &StoreSelection,
     report: &mut StoreReplayReport,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<(), ReplayError> {
     let (ids, since, event_type) = match selection {
         StoreSelection::Ids(ids) => {

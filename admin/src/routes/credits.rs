@@ -8,15 +8,18 @@ use axum::{
     Extension, Json, Router,
 };
 use bytes::Bytes;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 use worker::credits::{
     adjust::{adjust, AdjustError, Adjustment, Target},
     ledger::LedgerError,
 };
 
 use super::Actor;
-use crate::{error::AdminError, AppState};
+use crate::{
+    error::{AdminError, ErrorBody},
+    AppState,
+};
 
 /// The routes of this file.
 pub fn router() -> Router<AppState> {
@@ -25,17 +28,50 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/credits/{owner_id}", put(put_owner_credits))
 }
 
-/// The body: `{"set": N, "reason": "…"}` or `{"add": N, "reason": "…"}`.
-#[derive(Deserialize)]
+/// The body: `{"set": N, "reason": "…"}` or `{"add": N, "reason": "…"}`
+/// (`add` may be negative); exactly one of `set` and `add`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreditsBody {
-    set: Option<i64>,
-    add: Option<i64>,
-    reason: Option<String>,
+pub struct CreditsBody {
+    /// The new balance.
+    #[schema(minimum = 0, maximum = 2147483647)]
+    pub set: Option<i64>,
+    /// The change of the balance.
+    #[schema(minimum = -2147483648_i64, maximum = 2147483647)]
+    pub add: Option<i64>,
+    /// Why, for the ledger and the audit log.
+    #[schema(min_length = 1)]
+    pub reason: Option<String>,
+}
+
+/// A user's balance after a change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserCredits {
+    /// The user.
+    pub user_id: String,
+    /// `plan_credits + pack_credits`.
+    pub balance: i64,
+    /// Credits of the plan period.
+    pub plan_credits: i32,
+    /// Credits bought in packs (an adjustment lands here).
+    pub pack_credits: i32,
+}
+
+/// A credit owner's balance after a change.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OwnerCredits {
+    /// The user or organisation.
+    pub owner_id: String,
+    /// `plan_credits + pack_credits`.
+    pub balance: i64,
+    /// Credits of the plan period.
+    pub plan_credits: i32,
+    /// Credits bought in packs (an adjustment lands here).
+    pub pack_credits: i32,
 }
 
 /// Parses the body into what to do and why.
-fn parse(body: &[u8]) -> Result<(Target, String), AdminError> {
+pub fn parse(body: &[u8]) -> Result<(Target, String), AdminError> {
     let body: CreditsBody = serde_json::from_slice(body).map_err(|e| AdminError::BadRequest {
         code: "malformed_body",
         detail: format!("expected {{\"set\"|\"add\": integer, \"reason\": text}}: {e}"),
@@ -60,38 +96,81 @@ fn parse(body: &[u8]) -> Result<(Target, String), AdminError> {
     Ok((target, reason))
 }
 
-async fn put_user_credits(
+/// Sets or changes a user's balance: ledger row `admin_adjustment`, audit
+/// row `credits_adjusted`, Clerk sync.
+#[utoipa::path(
+    put,
+    path = "/api/admin/users/{id}/credits",
+    tag = "credits",
+    params(("id" = String, Path, description = "Clerk user id")),
+    request_body = CreditsBody,
+    responses(
+        (status = 200, description = "The balance after the change", body = UserCredits),
+        (status = 400, description = "A malformed body (`malformed_body`, `set_or_add`, `missing_reason`)", body = ErrorBody),
+        (status = 401, description = "No live token", body = ErrorBody),
+        (status = 404, description = "Unknown user (`unknown_user`)", body = ErrorBody),
+        (status = 422, description = "Refused: a negative result or a deleted user", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+pub async fn put_user_credits(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path(id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, AdminError> {
-    let (balance, plan, pack) = change(&state, &actor, &id, &body).await?;
-    Ok(Json(json!({
-        "user_id": id, "balance": balance, "plan_credits": plan, "pack_credits": pack,
-    })))
+) -> Result<Json<UserCredits>, AdminError> {
+    let (target, reason) = parse(&body)?;
+    let (balance, plan_credits, pack_credits) = change(&state, &actor, &id, target, reason).await?;
+    Ok(Json(UserCredits {
+        user_id: id,
+        balance,
+        plan_credits,
+        pack_credits,
+    }))
 }
 
-async fn put_owner_credits(
+/// The same for any credit owner, organisations included.
+#[utoipa::path(
+    put,
+    path = "/api/admin/credits/{owner_id}",
+    tag = "credits",
+    params(("owner_id" = String, Path, description = "Clerk user or organisation id")),
+    request_body = CreditsBody,
+    responses(
+        (status = 200, description = "The balance after the change", body = OwnerCredits),
+        (status = 400, description = "A malformed body (`malformed_body`, `set_or_add`, `missing_reason`)", body = ErrorBody),
+        (status = 401, description = "No live token", body = ErrorBody),
+        (status = 404, description = "Unknown owner (`unknown_user`)", body = ErrorBody),
+        (status = 422, description = "Refused: a negative result or a deleted user", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+pub async fn put_owner_credits(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     Path(owner_id): Path<String>,
     body: Bytes,
-) -> Result<Json<Value>, AdminError> {
-    let (balance, plan, pack) = change(&state, &actor, &owner_id, &body).await?;
-    Ok(Json(json!({
-        "owner_id": owner_id, "balance": balance, "plan_credits": plan, "pack_credits": pack,
-    })))
+) -> Result<Json<OwnerCredits>, AdminError> {
+    let (target, reason) = parse(&body)?;
+    let (balance, plan_credits, pack_credits) =
+        change(&state, &actor, &owner_id, target, reason).await?;
+    Ok(Json(OwnerCredits {
+        owner_id,
+        balance,
+        plan_credits,
+        pack_credits,
+    }))
 }
 
-/// Applies the adjustment; returns the balance and its two parts.
-async fn change(
+/// Applies the adjustment as `actor`; returns the balance and its two parts
+/// (also the console's adjustment form).
+pub async fn change(
     state: &AppState,
     actor: &str,
     owner: &str,
-    body: &[u8],
+    target: Target,
+    reason: String,
 ) -> Result<(i64, i32, i32), AdminError> {
-    let (target, reason) = parse(body)?;
     let adjusted = adjust(
         &state.pool,
         &Adjustment {

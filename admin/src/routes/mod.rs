@@ -1,12 +1,17 @@
 //! The admin API's routes, one file per resource, each exporting `router()`.
 
+pub mod audit;
 pub mod credits;
+pub mod dlq;
+pub mod events;
 pub mod jobs;
+pub mod openapi;
 pub mod sync;
+pub mod users;
 
 use axum::{
-    extract::{Request, State},
-    http::header::AUTHORIZATION,
+    extract::{FromRequestParts, Query, Request, State},
+    http::{header::AUTHORIZATION, request::Parts},
     middleware::Next,
     response::Response,
 };
@@ -37,4 +42,20 @@ pub async fn authenticate(
         .ok_or(AdminError::Unauthorized)?;
     request.extensions_mut().insert(Actor(actor));
     Ok(next.run(request).await)
+}
+
+/// The query string as `T`, or 400 `bad_query` (as JSON, like every error).
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::try_from_uri(&parts.uri)
+            .map(|Query(params)| Params(params))
+            .map_err(|rejection| AdminError::BadRequest {
+                code: "bad_query",
+                detail: rejection.body_text(),
+            })
+    }
 }

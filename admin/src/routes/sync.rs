@@ -2,22 +2,45 @@
 //! function, the token's name as the actor).
 
 use axum::{extract::State, http::StatusCode, routing::post, Extension, Json, Router};
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 use worker::{clerk_api::ClerkApi, sync_users};
 
 use super::Actor;
-use crate::{error::AdminError, jobs::Jobs, AppState};
+use crate::{
+    error::{AdminError, ErrorBody},
+    jobs::Jobs,
+    AppState,
+};
 
 /// The routes of this file.
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/admin/users/sync", post(start_sync))
 }
 
-async fn start_sync(
+/// The id of a started job.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct JobStarted {
+    /// Watch it with `GET /api/admin/jobs/{id}`.
+    pub job_id: Uuid,
+}
+
+/// Starts `sync users` as a job.
+#[utoipa::path(
+    post,
+    path = "/api/admin/users/sync",
+    tag = "users",
+    responses(
+        (status = 202, description = "Started", body = JobStarted),
+        (status = 401, description = "No live token", body = ErrorBody),
+        (status = 503, description = "CLERK_SECRET_KEY is not set (`clerk_not_configured`)", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+pub async fn start_sync(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
-) -> Result<(StatusCode, Json<Value>), AdminError> {
+) -> Result<(StatusCode, Json<JobStarted>), AdminError> {
     let Some(clerk) = state.clerk.clone() else {
         return Err(AdminError::Unavailable {
             code: "clerk_not_configured",
@@ -65,7 +88,7 @@ async fn start_sync(
             }
         });
     });
-    Ok((StatusCode::ACCEPTED, Json(json!({"job_id": id}))))
+    Ok((StatusCode::ACCEPTED, Json(JobStarted { job_id: id })))
 }
 
 /// Records the sync's progress on its job.

@@ -10,12 +10,13 @@ use serde::Serialize;
 use shared::amqp::{HEADER_ATTEMPTS, HEADER_DEAD_LETTERED_AT, HEADER_LAST_ERROR, HEADER_TYPE};
 
 /// One dead letter, as `dlq list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterInfo {
     /// The svix id (the message id); absent on a message published without one.
     pub svix_id: Option<String>,
     /// The event type.
     #[serde(rename = "type")]
+    #[schema(rename = "type")]
     pub event_type: String,
     /// Attempts made before it was dead-lettered, when known.
     pub attempts: Option<i64>,

@@ -102,7 +102,7 @@ pub async fn replay(
     connection: &Connection,
     names: &Names,
     request: &ReplayRequest,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<ReplayReport, DlqError> {
     let mut reader = Reader::open(connection, names).await?;
     let mut report = ReplayReport {
@@ -157,7 +157,7 @@ async fn replay_with(
     request: &ReplayRequest,
     reader: &mut Reader,
     report: &mut ReplayReport,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<(), DlqError> {
     let publisher = if request.dry_run {
         None

@@ -1,0 +1,221 @@
+//! `GET /api/admin/dlq` (as `worker dlq list --json`) and
+//! `POST /api/admin/dlq/replay` (as `worker dlq replay`): the same functions,
+//! the token's name as the actor.
+
+use axum::{
+    extract::State,
+    routing::{get, post},
+    Extension, Json, Router,
+};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use worker::dlq::{self, DeadLetterInfo, DlqError, ReplayRequest, Selection};
+
+use super::{Actor, Params};
+use crate::{
+    error::{AdminError, ErrorBody},
+    AppState,
+};
+
+/// The routes of this file.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/dlq", get(list_dead_letters))
+        .route("/api/admin/dlq/replay", post(replay_dead_letters))
+}
+
+/// How many dead letters to show.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DlqQuery {
+    /// At most this many, oldest first (1 to 100000, default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100000)]
+    pub limit: Option<String>,
+}
+
+/// The dead letters, oldest first; the queue is left as it was.
+#[utoipa::path(
+    get,
+    path = "/api/admin/dlq",
+    tag = "dlq",
+    params(DlqQuery),
+    responses(
+        (status = 200, description = "Dead letters, oldest first", body = Vec<DeadLetterInfo>),
+        (status = 400, description = "A malformed parameter", body = ErrorBody),
+        (status = 401, description = "No live token", body = ErrorBody),
+        (status = 503, description = "RabbitMQ is unreachable", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+pub async fn list_dead_letters(
+    State(state): State<AppState>,
+    Params(query): Params<DlqQuery>,
+) -> Result<Json<Vec<DeadLetterInfo>>, AdminError> {
+    let limit = match query.limit.as_deref() {
+        None => dlq::DEFAULT_LIST_LIMIT,
+        Some(limit) => limit
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|limit| (1..=100_000).contains(limit))
+            .ok_or_else(|| AdminError::BadRequest {
+                code: "bad_limit",
+                detail: "limit must be an integer from 1 to 100000".to_owned(),
+            })?,
+    };
+    list(&state, limit).await.map(Json)
+}
+
+/// The first `limit` dead letters (also the console's page).
+pub async fn list(state: &AppState, limit: u32) -> Result<Vec<DeadLetterInfo>, AdminError> {
+    let _turn = state.broker.dlq_turn().await;
+    let session = state.broker.connect().await?;
+    let listing = dlq::list(&state.pool, &session.connection, &session.names, limit).await;
+    session.close().await;
+    Ok(listing.map_err(classify)?.entries)
+}
+
+/// Which dead letters to replay: exactly one of `ids`, `type` and `all`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DlqReplayBody {
+    /// These svix ids; every one must be in the queue.
+    #[serde(default)]
+    pub ids: Option<Vec<String>>,
+    /// Every dead letter of this event type.
+    #[serde(default, rename = "type")]
+    #[schema(rename = "type")]
+    pub event_type: Option<String>,
+    /// Every dead letter (must be `true`).
+    #[serde(default)]
+    pub all: Option<bool>,
+    /// Show what would be replayed; change nothing.
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+impl DlqReplayBody {
+    /// The selection, or 400 `bad_selection`.
+    pub fn selection(self) -> Result<(Selection, bool), AdminError> {
+        let bad = |detail: &str| AdminError::BadRequest {
+            code: "bad_selection",
+            detail: detail.to_owned(),
+        };
+        let selection = match (self.ids, self.event_type, self.all) {
+            (Some(ids), None, None)
+                if !ids.is_empty() && ids.iter().all(|id| !id.trim().is_empty()) =>
+            {
+                Selection::Ids(ids)
+            }
+            (Some(_), None, None) => return Err(bad("\"ids\" must list at least one svix id")),
+            (None, Some(event_type), None) if !event_type.trim().is_empty() => {
+                Selection::Type(event_type)
+            }
+            (None, Some(_), None) => return Err(bad("\"type\" must name an event type")),
+            (None, None, Some(true)) => Selection::All,
+            (None, None, Some(false)) => return Err(bad("\"all\" must be true when given")),
+            _ => {
+                return Err(bad(
+                    "exactly one of \"ids\", \"type\" and \"all\" is required",
+                ))
+            }
+        };
+        Ok((selection, self.dry_run.unwrap_or(false)))
+    }
+}
+
+/// What a DLQ replay did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DlqReplayed {
+    /// Dead letters re-published, confirmed and removed from the queue.
+    pub replayed: u64,
+    /// A dry run: nothing changed.
+    pub dry_run: bool,
+    /// On a dry run, what would have been replayed.
+    pub would_replay: Vec<DeadLetterInfo>,
+}
+
+/// Moves dead letters back for processing; a message leaves the queue only
+/// after its re-publish is confirmed.
+#[utoipa::path(
+    post,
+    path = "/api/admin/dlq/replay",
+    tag = "dlq",
+    request_body = DlqReplayBody,
+    responses(
+        (status = 200, description = "Replayed (or, on a dry run, listed)", body = DlqReplayed),
+        (status = 400, description = "A malformed body (`malformed_body`, `bad_selection`)", body = ErrorBody),
+        (status = 401, description = "No live token", body = ErrorBody),
+        (status = 404, description = "Some ids are not in the queue; nothing was replayed (`not_in_queue`)", body = ErrorBody),
+        (status = 503, description = "RabbitMQ is unreachable or stopped the replay part-way", body = ErrorBody),
+    ),
+    security(("token" = []))
+)]
+pub async fn replay_dead_letters(
+    State(state): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    body: Bytes,
+) -> Result<Json<DlqReplayed>, AdminError> {
+    let body: DlqReplayBody =
+        serde_json::from_slice(&body).map_err(|e| AdminError::BadRequest {
+            code: "malformed_body",
+            detail: format!(
+                "expected {{\"ids\": [...]}}, {{\"type\": \"...\"}} or {{\"all\": true}}: {e}"
+            ),
+        })?;
+    let (selection, dry_run) = body.selection()?;
+    replay(&state, &actor, selection, dry_run).await.map(Json)
+}
+
+/// Replays the selected dead letters as `actor` (also the console's button).
+pub async fn replay(
+    state: &AppState,
+    actor: &str,
+    selection: Selection,
+    dry_run: bool,
+) -> Result<DlqReplayed, AdminError> {
+    let request = ReplayRequest {
+        selection,
+        dry_run,
+        actor: actor.to_owned(),
+    };
+    let _turn = state.broker.dlq_turn().await;
+    let session = state.broker.connect().await?;
+    let report = dlq::replay(
+        &state.pool,
+        &session.connection,
+        &session.names,
+        &request,
+        &mut |_| {},
+    )
+    .await;
+    session.close().await;
+    let report = report.map_err(classify)?;
+    Ok(DlqReplayed {
+        replayed: report.replayed,
+        dry_run: report.dry_run,
+        would_replay: report.would_replay,
+    })
+}
+
+/// The answer for a DLQ failure.
+fn classify(error: DlqError) -> AdminError {
+    match error {
+        DlqError::NotInQueue { missing, .. } => AdminError::NotFound {
+            code: "not_in_queue",
+            detail: format!(
+                "not in the dead-letter queue: {}; nothing was replayed",
+                missing.join(", ")
+            ),
+        },
+        DlqError::Database(error) => AdminError::Database(error),
+        error => {
+            tracing::warn!(error.message = %error, error.cause_chain = ?error, "DLQ operation failed");
+            AdminError::Unavailable {
+                code: "broker_unavailable",
+                detail: error.to_string(),
+            }
+        }
+    }
+}
