@@ -31,6 +31,24 @@ impl TestAdmin {
 
     /// The admin service over an existing database and prefix.
     pub async fn spawn_on(db: TestDb, broker: TestBroker, clerk: Option<&FakeClerk>) -> Self {
+        let amqp_url = broker.url.clone();
+        Self::spawn_with(db, broker, clerk, &amqp_url).await
+    }
+
+    /// The admin service with its own database and prefix, reaching the
+    /// broker at `amqp_url` (e.g. a port where nothing listens).
+    pub async fn spawn_with_broker_url(amqp_url: &str) -> Self {
+        let db = TestDb::new().await;
+        let broker = TestBroker::new().await;
+        Self::spawn_with(db, broker, None, amqp_url).await
+    }
+
+    async fn spawn_with(
+        db: TestDb,
+        broker: TestBroker,
+        clerk: Option<&FakeClerk>,
+        amqp_url: &str,
+    ) -> Self {
         let state = AppState {
             pool: db.pool.clone(),
             clerk: clerk.map(|clerk| ClerkSettings {
@@ -40,7 +58,7 @@ impl TestAdmin {
             catalog: Arc::new(Catalog::default()),
             jobs: Jobs::default(),
             broker: Broker::new(AmqpConfig {
-                amqp_url: Secret::new(broker.url.clone()),
+                amqp_url: Secret::new(amqp_url.to_owned()),
                 amqp_prefix: broker.prefix.clone(),
             }),
         };

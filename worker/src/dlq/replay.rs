@@ -122,7 +122,9 @@ pub async fn replay(
     .await;
     // Whatever was not replayed goes back, also after an error.
     reader.release().await;
-    if !request.dry_run {
+    // A row for every change: a dry run or a replay refused before it moved
+    // anything changed nothing.
+    if !request.dry_run && (report.replayed > 0 || outcome.is_ok()) {
         let audited = crate::audit::record(
             pool,
             &crate::audit::Action {
