@@ -67,6 +67,7 @@ pub async fn get_audit(
     State(state): State<AppState>,
     Params(query): Params<AuditQuery>,
 ) -> Result<Json<Vec<AuditRow>>, AdminError> {
+    super::refuse_empty(&[("limit", &query.limit), ("before", &query.before)])?;
     let filter = query.filter()?;
     Ok(Json(queries::audit::list(&state.pool, &filter).await?))
 }

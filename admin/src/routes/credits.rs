@@ -8,14 +8,17 @@ use axum::{
     Extension, Json, Router,
 };
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::ToSchema;
 use worker::credits::{
     adjust::{adjust, AdjustError, Adjustment, Target},
     ledger::LedgerError,
 };
 
-use super::Actor;
+use super::{
+    body::{is_meaningful, Body},
+    Actor,
+};
 use crate::{
     error::{AdminError, ErrorBody},
     AppState,
@@ -28,20 +31,41 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/credits/{owner_id}", put(put_owner_credits))
 }
 
-/// The body: `{"set": N, "reason": "…"}` or `{"add": N, "reason": "…"}`
-/// (`add` may be negative); exactly one of `set` and `add`.
-#[derive(Deserialize, ToSchema)]
+/// The body of a credit change: exactly one of `set` and `add`, and a reason.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum CreditsBody {
+    /// Sets the balance.
+    Set(SetCredits),
+    /// Changes the balance.
+    Add(AddCredits),
+}
+
+/// `{"set": N, "reason": "…"}`.
+#[derive(Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreditsBody {
+#[allow(dead_code)]
+pub struct SetCredits {
     /// The new balance.
     #[schema(minimum = 0, maximum = 2147483647)]
-    pub set: Option<i64>,
+    set: i64,
+    /// Why, for the ledger and the audit log (not blank).
+    #[schema(pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$")]
+    reason: String,
+}
+
+/// `{"add": N, "reason": "…"}`; `add` may be negative.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AddCredits {
     /// The change of the balance.
     #[schema(minimum = -2147483648_i64, maximum = 2147483647)]
-    pub add: Option<i64>,
-    /// Why, for the ledger and the audit log.
-    #[schema(min_length = 1)]
-    pub reason: Option<String>,
+    add: i64,
+    /// Why, for the ledger and the audit log (not blank).
+    #[schema(pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$")]
+    reason: String,
 }
 
 /// A user's balance after a change.
@@ -71,12 +95,13 @@ pub struct OwnerCredits {
 }
 
 /// Parses the body into what to do and why.
-pub fn parse(body: &[u8]) -> Result<(Target, String), AdminError> {
-    let body: CreditsBody = serde_json::from_slice(body).map_err(|e| AdminError::BadRequest {
-        code: "malformed_body",
-        detail: format!("expected {{\"set\"|\"add\": integer, \"reason\": text}}: {e}"),
-    })?;
-    let target = match (body.set, body.add) {
+pub fn parse(bytes: &[u8]) -> Result<(Target, String), AdminError> {
+    let body = Body::parse(
+        bytes,
+        &["set", "add", "reason"],
+        "{\"set\"|\"add\": integer, \"reason\": text}",
+    )?;
+    let target = match (body.integer("set")?, body.integer("add")?) {
         (Some(n), None) => Target::Set(n),
         (None, Some(n)) => Target::Add(n),
         _ => {
@@ -87,8 +112,8 @@ pub fn parse(body: &[u8]) -> Result<(Target, String), AdminError> {
         }
     };
     let reason = body
-        .reason
-        .filter(|reason| !reason.trim().is_empty())
+        .text("reason")?
+        .filter(|reason| is_meaningful(reason))
         .ok_or_else(|| AdminError::BadRequest {
             code: "missing_reason",
             detail: "a non-empty \"reason\" is required".to_owned(),

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use worker::dlq::{self, DeadLetterInfo, DlqError, ReplayRequest, Selection};
 
-use super::{Actor, Params};
+use super::{
+    body::{is_meaningful, Body},
+    Actor, Params,
+};
 use crate::{
     error::{AdminError, ErrorBody},
     AppState,
@@ -52,6 +55,7 @@ pub async fn list_dead_letters(
     State(state): State<AppState>,
     Params(query): Params<DlqQuery>,
 ) -> Result<Json<Vec<DeadLetterInfo>>, AdminError> {
+    super::refuse_empty(&[("limit", &query.limit)])?;
     let limit = match query.limit.as_deref() {
         None => dlq::DEFAULT_LIST_LIMIT,
         Some(limit) => limit
@@ -76,53 +80,118 @@ pub async fn list(state: &AppState, limit: u32) -> Result<Vec<DeadLetterInfo>, A
     Ok(listing.map_err(classify)?.entries)
 }
 
-/// Which dead letters to replay: exactly one of `ids`, `type` and `all`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct DlqReplayBody {
+/// Which dead letters to replay: exactly one of `ids`, `type` and `all`,
+/// and optionally `dry_run`.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum DlqReplayBody {
     /// These svix ids; every one must be in the queue.
-    #[serde(default)]
-    pub ids: Option<Vec<String>>,
-    /// Every dead letter of this event type.
-    #[serde(default, rename = "type")]
-    #[schema(rename = "type")]
-    pub event_type: Option<String>,
-    /// Every dead letter (must be `true`).
-    #[serde(default)]
-    pub all: Option<bool>,
-    /// Show what would be replayed; change nothing.
-    #[serde(default)]
-    pub dry_run: Option<bool>,
+    Ids(ReplayIds),
+    /// Every dead letter of one event type.
+    Type(ReplayType),
+    /// Every dead letter.
+    All(ReplayAll),
 }
 
-impl DlqReplayBody {
-    /// The selection, or 400 `bad_selection`.
-    pub fn selection(self) -> Result<(Selection, bool), AdminError> {
-        let bad = |detail: &str| AdminError::BadRequest {
-            code: "bad_selection",
-            detail: detail.to_owned(),
-        };
-        let selection = match (self.ids, self.event_type, self.all) {
-            (Some(ids), None, None)
-                if !ids.is_empty() && ids.iter().all(|id| !id.trim().is_empty()) =>
-            {
-                Selection::Ids(ids)
-            }
-            (Some(_), None, None) => return Err(bad("\"ids\" must list at least one svix id")),
-            (None, Some(event_type), None) if !event_type.trim().is_empty() => {
-                Selection::Type(event_type)
-            }
-            (None, Some(_), None) => return Err(bad("\"type\" must name an event type")),
-            (None, None, Some(true)) => Selection::All,
-            (None, None, Some(false)) => return Err(bad("\"all\" must be true when given")),
-            _ => {
-                return Err(bad(
-                    "exactly one of \"ids\", \"type\" and \"all\" is required",
-                ))
-            }
-        };
-        Ok((selection, self.dry_run.unwrap_or(false)))
+/// `{"ids": ["msg_…", …]}`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReplayIds {
+    /// The svix ids.
+    #[schema(min_items = 1, inline)]
+    ids: Vec<SvixId>,
+    /// Show what would be replayed; change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// A svix id (not blank).
+#[derive(Serialize, ToSchema)]
+#[schema(pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$")]
+#[allow(dead_code)]
+pub struct SvixId(String);
+
+/// `{"type": "user.deleted"}`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReplayType {
+    /// The event type.
+    #[serde(rename = "type")]
+    #[schema(pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$")]
+    event_type: String,
+    /// Show what would be replayed; change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `{"all": true}`.
+#[derive(Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReplayAll {
+    /// Must be `true`.
+    #[schema(inline)]
+    all: AllTrue,
+    /// Show what would be replayed; change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// The constant `true`.
+#[derive(Serialize)]
+pub struct AllTrue;
+
+impl utoipa::PartialSchema for AllTrue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::Boolean)
+            .enum_values(Some([true]))
+            .into()
     }
+}
+
+impl ToSchema for AllTrue {}
+
+/// Reads the body into a selection and the dry-run flag, or 400
+/// (`malformed_body`, `bad_selection`).
+pub fn parse(bytes: &[u8]) -> Result<(Selection, bool), AdminError> {
+    let body = Body::parse(
+        bytes,
+        &["ids", "type", "all", "dry_run"],
+        "{\"ids\": [...]}, {\"type\": \"...\"} or {\"all\": true}",
+    )?;
+    let bad = |detail: &str| AdminError::BadRequest {
+        code: "bad_selection",
+        detail: detail.to_owned(),
+    };
+    let given = ["ids", "type", "all"]
+        .iter()
+        .filter(|key| body.has(key))
+        .count();
+    if given != 1 {
+        return Err(bad(
+            "exactly one of \"ids\", \"type\" and \"all\" is required",
+        ));
+    }
+    let selection = if let Some(ids) = body.texts("ids")? {
+        if ids.is_empty() || !ids.iter().all(|id| is_meaningful(id)) {
+            return Err(bad("\"ids\" must list at least one svix id"));
+        }
+        Selection::Ids(ids)
+    } else if let Some(event_type) = body.text("type")? {
+        if !is_meaningful(&event_type) {
+            return Err(bad("\"type\" must name an event type"));
+        }
+        Selection::Type(event_type)
+    } else if body.boolean("all")? == Some(true) {
+        Selection::All
+    } else {
+        return Err(bad("\"all\" must be true when given"));
+    };
+    Ok((selection, body.boolean("dry_run")?.unwrap_or(false)))
 }
 
 /// What a DLQ replay did.
@@ -157,14 +226,7 @@ pub async fn replay_dead_letters(
     Extension(Actor(actor)): Extension<Actor>,
     body: Bytes,
 ) -> Result<Json<DlqReplayed>, AdminError> {
-    let body: DlqReplayBody =
-        serde_json::from_slice(&body).map_err(|e| AdminError::BadRequest {
-            code: "malformed_body",
-            detail: format!(
-                "expected {{\"ids\": [...]}}, {{\"type\": \"...\"}} or {{\"all\": true}}: {e}"
-            ),
-        })?;
-    let (selection, dry_run) = body.selection()?;
+    let (selection, dry_run) = parse(&body)?;
     replay(&state, &actor, selection, dry_run).await.map(Json)
 }
 

@@ -52,6 +52,7 @@ pub struct EventsQuery {
     #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<String>, pattern = "^-?[0-9]{1,16}_[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -89,6 +90,13 @@ pub async fn search_events(
     State(state): State<AppState>,
     Params(query): Params<EventsQuery>,
 ) -> Result<Json<EventPage>, AdminError> {
+    super::refuse_empty(&[
+        ("status", &query.status),
+        ("since", &query.since),
+        ("until", &query.until),
+        ("limit", &query.limit),
+        ("cursor", &query.cursor),
+    ])?;
     let filter = query.filter()?;
     Ok(Json(queries::events::search(&state.pool, &filter).await?))
 }

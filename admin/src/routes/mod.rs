@@ -1,6 +1,7 @@
 //! The admin API's routes, one file per resource, each exporting `router()`.
 
 pub mod audit;
+pub mod body;
 pub mod credits;
 pub mod dlq;
 pub mod events;
@@ -57,5 +58,21 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Par
                 code: "bad_query",
                 detail: rejection.body_text(),
             })
+    }
+}
+
+/// The API takes a typed parameter given empty (`?limit=`) as malformed, as
+/// its document says; the console's forms, which send empty fields, read the
+/// same parameters leniently.
+pub fn refuse_empty(parameters: &[(&'static str, &Option<String>)]) -> Result<(), AdminError> {
+    match parameters
+        .iter()
+        .find(|(_, value)| value.as_deref().is_some_and(str::is_empty))
+    {
+        Some((name, _)) => Err(AdminError::BadRequest {
+            code: "empty_parameter",
+            detail: format!("{name} is empty: give a value or leave it out"),
+        }),
+        None => Ok(()),
     }
 }
