@@ -4,6 +4,7 @@
 --   owner    owns the schema and applies the migrations (`worker migrate`)
 --   ingress  stores deliveries and runs the publish relay
 --   worker   runs the handlers and the operators' commands
+--   admin    serves the admin API and console (optional: -v admin=NAME)
 --
 -- Run it with psql (15 or newer) as a superuser (or a role with CREATEROLE
 -- that may grant on the product's tables), connected to the product's database:
@@ -15,6 +16,9 @@
 --
 -- The passwords come from those environment variables (kept off the command
 -- line) or from -v owner_password=… ingress_password=… worker_password=….
+-- With -v admin=clerk_admin, the admin service's role too (password from
+-- DB_ADMIN_PASSWORD or -v admin_password=…); without it, no admin role is
+-- made or changed.
 --
 -- Every run converges on the same state, so run it
 --   1. before the first migration: it creates the roles and lets the owner
@@ -27,7 +31,7 @@
 -- The passwords are optional (omit them for certificate or peer
 -- authentication); a role that exists keeps its attributes, only its password
 -- is changed when one is given. Other applications sharing the database keep
--- their own roles and grants: this file touches only the three roles above.
+-- their own roles and grants: this file touches only the roles above.
 
 \set ON_ERROR_STOP on
 \set QUIET on
@@ -45,10 +49,17 @@ DO $$ BEGIN RAISE EXCEPTION 'roles.sql needs -v ingress=NAME'; END $$;
 DO $$ BEGIN RAISE EXCEPTION 'roles.sql needs -v worker=NAME'; END $$;
 \endif
 
+-- The admin service's role is optional; '' stands for "not asked for".
+\if :{?admin}
+\set clerk_admin :admin
+\else
+\set clerk_admin ''
+\endif
+
 -- The roles: plain login roles, never superusers.
 SELECT format('CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS', name)
-FROM (VALUES (:'owner'), (:'ingress'), (:'worker')) AS wanted(name)
-WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = wanted.name)
+FROM (VALUES (:'owner'), (:'ingress'), (:'worker'), (:'clerk_admin')) AS wanted(name)
+WHERE name <> '' AND NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = wanted.name)
 \gexec
 
 \if :{?owner_password}
@@ -63,6 +74,10 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = wanted.name)
 \else
 \getenv worker_password DB_WORKER_PASSWORD
 \endif
+\if :{?admin_password}
+\else
+\getenv admin_password DB_ADMIN_PASSWORD
+\endif
 
 \if :{?owner_password}
 ALTER ROLE :"owner" PASSWORD :'owner_password';
@@ -72,6 +87,11 @@ ALTER ROLE :"ingress" PASSWORD :'ingress_password';
 \endif
 \if :{?worker_password}
 ALTER ROLE :"worker" PASSWORD :'worker_password';
+\endif
+\if :{?admin}
+\if :{?admin_password}
+ALTER ROLE :"admin" PASSWORD :'admin_password';
+\endif
 \endif
 
 BEGIN;
@@ -83,6 +103,13 @@ SELECT format('GRANT CONNECT ON DATABASE %I TO %I, %I, %I',
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;  -- the default since PostgreSQL 15
 GRANT USAGE, CREATE ON SCHEMA public TO :"owner";
 GRANT USAGE ON SCHEMA public TO :"ingress", :"worker";
+\if :{?admin}
+SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), :'admin')
+\gexec
+GRANT USAGE ON SCHEMA public TO :"admin";
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM :"admin";
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM :"admin";
+\endif
 
 -- Start from nothing on the tables, so a right this version no longer needs
 -- is taken away; the whole file is one transaction, so no session sees a gap.
@@ -100,6 +127,12 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM :"ingress", :"worker";
 -- worker (worker/src/**): the handlers, the Clerk sync and the operators'
 -- commands. No DELETE on users, memberships or the audit and ledger tables;
 -- memberships are inserted by the application that shares the database.
+--
+-- admin (admin/src/**): reads what the API and the console show; through the
+-- worker's operations it adjusts credits, runs the sync (the user.deleted
+-- effects included), replays stored events and dead letters; it keeps its
+-- tokens and sessions. No DELETE on events, users, memberships, the ledger or
+-- the audit log.
 CREATE TEMPORARY TABLE clerk_grants (service text, object text, privileges text) ON COMMIT DROP;
 INSERT INTO clerk_grants VALUES
     ('ingress', '_sqlx_migrations',      'SELECT'),
@@ -119,22 +152,41 @@ INSERT INTO clerk_grants VALUES
     ('worker',  'credit_ledger',         'SELECT, INSERT'),
     ('worker',  'credit_ledger_id_seq',  'USAGE'),
     ('worker',  'credit_plan_ends',      'SELECT, INSERT'),
-    ('worker',  'clerk_sync_queue',      'SELECT, INSERT, UPDATE, DELETE');
+    ('worker',  'clerk_sync_queue',      'SELECT, INSERT, UPDATE, DELETE'),
+
+    ('admin',   '_sqlx_migrations',      'SELECT'),
+    ('admin',   'webhook_events',        'SELECT, UPDATE'),
+    ('admin',   'webhook_outbox',        'SELECT, DELETE'),
+    ('admin',   'users',                 'SELECT, INSERT, UPDATE'),
+    ('admin',   'memberships',           'SELECT, UPDATE'),
+    ('admin',   'admin_actions',         'SELECT, INSERT'),
+    ('admin',   'admin_actions_id_seq',  'USAGE'),
+    ('admin',   'credit_accounts',       'SELECT, INSERT, UPDATE'),
+    ('admin',   'credit_ledger',         'SELECT, INSERT'),
+    ('admin',   'credit_ledger_id_seq',  'USAGE'),
+    ('admin',   'credit_plan_ends',      'SELECT, INSERT'),
+    ('admin',   'clerk_sync_queue',      'SELECT, INSERT, UPDATE'),
+    ('admin',   'admin_tokens',          'SELECT, INSERT, UPDATE'),
+    ('admin',   'admin_tokens_id_seq',   'USAGE');
 
 SELECT format('GRANT %s ON %s %I TO %I',
               g.privileges,
               CASE c.relkind WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END,
               g.object,
-              CASE g.service WHEN 'ingress' THEN :'ingress' ELSE :'worker' END)
+              CASE g.service WHEN 'ingress' THEN :'ingress'
+                             WHEN 'worker' THEN :'worker'
+                             ELSE :'clerk_admin' END)
 FROM clerk_grants g
 JOIN pg_class c ON c.relname = g.object
 JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'
+WHERE g.service <> 'admin' OR :'clerk_admin' <> ''
 ORDER BY g.service, g.object
 \gexec
 
 SELECT coalesce(string_agg(DISTINCT g.object, ', '), '') AS clerk_missing
 FROM clerk_grants g
 WHERE to_regclass(format('public.%I', g.object)) IS NULL
+  AND (g.service <> 'admin' OR :'clerk_admin' <> '')
 \gset
 
 COMMIT;

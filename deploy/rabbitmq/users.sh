@@ -11,6 +11,8 @@
 #   INGRESS_AMQP_PASSWORD   required
 #   WORKER_AMQP_USER        default clerk_worker
 #   WORKER_AMQP_PASSWORD    required
+#   ADMIN_AMQP_USER         default clerk_admin
+#   ADMIN_AMQP_PASSWORD     optional: without it, no admin user is made
 #   RABBITMQCTL             how to run rabbitmqctl (default rabbitmqctl), e.g.
 #                           "rabbitmqctl -n rabbit@broker" or
 #                           "docker compose exec -T rabbitmq rabbitmqctl"
@@ -31,6 +33,8 @@
 #   worker   configure, write and read ^P\.events(\.worker|\.dlx|\.dlq)?$
 #            declare; consume the worker queue and the DLQ; publish dead
 #            letters to P.events.dlx and replays to P.events
+#   admin    the worker's: it reads the DLQ and replays through the worker's
+#            own operations
 #
 # Declaring the worker queue for the first time also needs read on it
 # (RabbitMQ checks that whoever sets a dead-letter exchange may read the
@@ -43,6 +47,7 @@ prefix="${AMQP_PREFIX:-clerk}"
 vhost="${RABBITMQ_VHOST:-/}"
 ingress_user="${INGRESS_AMQP_USER:-clerk_ingress}"
 worker_user="${WORKER_AMQP_USER:-clerk_worker}"
+admin_user="${ADMIN_AMQP_USER:-clerk_admin}"
 : "${INGRESS_AMQP_PASSWORD:?set INGRESS_AMQP_PASSWORD}"
 : "${WORKER_AMQP_PASSWORD:?set WORKER_AMQP_PASSWORD}"
 
@@ -71,5 +76,14 @@ $ctl --quiet set_permissions -p "$vhost" "$ingress_user" \
 
 user "$worker_user" "$WORKER_AMQP_PASSWORD"
 $ctl --quiet set_permissions -p "$vhost" "$worker_user" "$all" "$all" "$all"
+
+# The admin service (optional: only with ADMIN_AMQP_PASSWORD) reads the DLQ
+# and re-publishes through the worker's own operations, whose publisher
+# declares the topology first: the worker's permissions, under its own name
+# and password.
+if [ -n "${ADMIN_AMQP_PASSWORD:-}" ]; then
+    user "$admin_user" "$ADMIN_AMQP_PASSWORD"
+    $ctl --quiet set_permissions -p "$vhost" "$admin_user" "$all" "$all" "$all"
+fi
 
 echo "users.sh: permissions set on vhost $vhost for prefix $prefix"

@@ -40,7 +40,7 @@ fn run(command: &mut Command, what: &str) -> Output {
     output
 }
 
-/// The three roles of `deploy/postgres/roles.sql` on one test database.
+/// The four roles of `deploy/postgres/roles.sql` on one test database.
 pub struct PgRoles {
     /// Owns the schema and applies the migrations.
     pub owner: String,
@@ -48,6 +48,8 @@ pub struct PgRoles {
     pub ingress: String,
     /// The worker's role.
     pub worker: String,
+    /// The admin service's role.
+    pub admin: String,
     /// The database, as the test's superuser.
     superuser_url: String,
     /// The server's maintenance database, as the test's superuser.
@@ -64,6 +66,7 @@ impl PgRoles {
             owner: format!("{prefix}_owner"),
             ingress: format!("{prefix}_ingress"),
             worker: format!("{prefix}_worker"),
+            admin: format!("{prefix}_admin"),
             superuser_url: db.url(None),
             admin_url: crate::postgres_admin_url(),
         };
@@ -81,9 +84,11 @@ impl PgRoles {
                 .args(["-v", &format!("owner={}", self.owner)])
                 .args(["-v", &format!("ingress={}", self.ingress)])
                 .args(["-v", &format!("worker={}", self.worker)])
+                .args(["-v", &format!("admin={}", self.admin)])
                 .args(["-v", "owner_password=owner-test-password"])
                 .args(["-v", "ingress_password=ingress-test-password"])
                 .args(["-v", "worker_password=worker-test-password"])
+                .args(["-v", "admin_password=admin-test-password"])
                 .arg("-f")
                 .arg(file),
             "psql -f deploy/postgres/roles.sql",
@@ -103,8 +108,8 @@ impl PgRoles {
 impl Drop for PgRoles {
     fn drop(&mut self) {
         let roles = format!(
-            "\"{}\", \"{}\", \"{}\"",
-            self.owner, self.ingress, self.worker
+            "\"{}\", \"{}\", \"{}\", \"{}\"",
+            self.owner, self.ingress, self.worker, self.admin
         );
         // Their objects and grants in the test database (gone already if the
         // database was dropped first), then the roles themselves.
@@ -119,12 +124,14 @@ impl Drop for PgRoles {
     }
 }
 
-/// The two users of `deploy/rabbitmq/users.sh` for one prefix.
+/// The three users of `deploy/rabbitmq/users.sh` for one prefix.
 pub struct BrokerUsers {
     /// The ingress's user.
     pub ingress: String,
     /// The worker's user.
     pub worker: String,
+    /// The admin service's user.
+    pub admin: String,
 }
 
 /// Every user's password in the tests; RabbitMQ users are per test anyway.
@@ -142,6 +149,7 @@ impl BrokerUsers {
         let users = Self {
             ingress: format!("{base}_ingress"),
             worker: format!("{base}_worker"),
+            admin: format!("{base}_admin"),
         };
         run(
             Command::new("sh")
@@ -152,7 +160,9 @@ impl BrokerUsers {
                 .env("INGRESS_AMQP_USER", &users.ingress)
                 .env("INGRESS_AMQP_PASSWORD", BROKER_PASSWORD)
                 .env("WORKER_AMQP_USER", &users.worker)
-                .env("WORKER_AMQP_PASSWORD", BROKER_PASSWORD),
+                .env("WORKER_AMQP_PASSWORD", BROKER_PASSWORD)
+                .env("ADMIN_AMQP_USER", &users.admin)
+                .env("ADMIN_AMQP_PASSWORD", BROKER_PASSWORD),
             "deploy/rabbitmq/users.sh (needs rabbitmqctl, or TEST_RABBITMQCTL)",
         );
         users
@@ -169,7 +179,7 @@ impl BrokerUsers {
 
 impl Drop for BrokerUsers {
     fn drop(&mut self) {
-        for user in [&self.ingress, &self.worker] {
+        for user in [&self.ingress, &self.worker, &self.admin] {
             let _ = Command::new("sh")
                 .args([
                     "-c",

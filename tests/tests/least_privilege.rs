@@ -403,3 +403,118 @@ async fn a_service_whose_role_cannot_apply_pending_migrations_stops_with_one_cle
         "{line}"
     );
 }
+
+/// The admin service under its own role and broker user: its tokens, the
+/// reads, a credit change, a replay of a stored event and of a dead letter;
+/// and no more (it deletes no event and no user).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_role_and_user_are_enough_for_the_admin_service() {
+    let (db, roles) = migrated_by_the_owner().await;
+    let prefix = unique_prefix();
+    let broker = TestBroker::adopt(&prefix).await;
+    let users = BrokerUsers::create(&prefix);
+    let admin_db = roles.url(&roles.admin);
+    let admin_amqp = users.url(&users.admin);
+    let worker_amqp = users.url(&users.worker);
+    let as_worker = amqp::connect(&Secret::new(worker_amqp), "e2e-worker-user")
+        .await
+        .expect("worker user connects");
+    let channel = as_worker.create_channel().await.unwrap();
+    amqp::declare_topology(&channel, &broker.names)
+        .await
+        .unwrap();
+    let _ = as_worker.close(200, "done".into()).await;
+    sqlx::query("INSERT INTO users (id, email) VALUES ('user_adm', 'adm@example.org')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    store(&db, "msg_adm", &user_created("user_adm")).await;
+    store(&db, "msg_dead", &user_created("user_dead")).await;
+    e2e::commands::mark_dead(&db, "msg_dead", 5, "injected failure").await;
+    e2e::commands::dead_letter(
+        &broker,
+        "msg_dead",
+        &user_created("user_dead"),
+        5,
+        "injected failure",
+        None,
+    )
+    .await;
+    let env = [
+        ("DATABASE_URL", admin_db.as_str()),
+        ("AMQP_URL", admin_amqp.as_str()),
+        ("AMQP_PREFIX", prefix.as_str()),
+        ("ADMIN_ADDR", "127.0.0.1:0"),
+    ];
+    let created = std::process::Command::new(e2e::binary("admin"))
+        .args(["tokens", "create", "ops"])
+        .env("DATABASE_URL", &admin_db)
+        .env("LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let mut admin = Service::start("admin", &[], &env);
+    let ready = admin.wait_for_line("admin ready", DEADLINE);
+    let log: Value = serde_json::from_str(&ready).unwrap();
+    let base = format!("http://{}", log["addr"].as_str().unwrap());
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: &str, body: &str| {
+        http.request(method, format!("{base}{path}"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+    };
+
+    let mut statuses = Vec::new();
+    for (method, path, body) in [
+        (reqwest::Method::GET, "/api/admin/users/user_adm", ""),
+        (
+            reqwest::Method::GET,
+            "/api/admin/events?user_id=user_adm",
+            "",
+        ),
+        (reqwest::Method::GET, "/api/admin/events/msg_adm", ""),
+        (
+            reqwest::Method::PUT,
+            "/api/admin/users/user_adm/credits",
+            r#"{"add": 5, "reason": "least privilege"}"#,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/admin/events/msg_adm/replay",
+            "",
+        ),
+        (reqwest::Method::GET, "/api/admin/dlq", ""),
+        (
+            reqwest::Method::POST,
+            "/api/admin/dlq/replay",
+            r#"{"ids": ["msg_dead"]}"#,
+        ),
+        (reqwest::Method::GET, "/api/admin/audit", ""),
+    ] {
+        let response = call(method.clone(), path, body).await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        statuses.push((format!("{method} {path}"), status, text));
+    }
+    let delete = refusal(&roles, &roles.admin, "DELETE FROM webhook_events").await;
+    let users = refusal(&roles, &roles.admin, "DELETE FROM users").await;
+    admin.terminate();
+
+    for (route, status, text) in &statuses {
+        assert_eq!(*status, 200, "{route}: {text}");
+    }
+    assert_eq!(
+        broker.worker_queue_depth().await,
+        2,
+        "both replays published"
+    );
+    assert!(delete.is_some(), "the admin role deletes no event");
+    assert!(users.is_some(), "the admin role deletes no user");
+}
