@@ -52,7 +52,7 @@ impl Broker {
         let connection = shared::amqp::connect(&self.config.amqp_url, "clerk-admin")
             .await
             .map_err(|error| {
-                tracing::warn!(error.message = %error, "the broker is unreachable");
+                tracing::warn!(error.message = %shared::error::Chain(&error), "the broker is unreachable");
                 AdminError::Unavailable {
                     code: "broker_unavailable",
                     detail: "RabbitMQ is unreachable; try again later".to_owned(),

@@ -79,7 +79,7 @@ impl IntoResponse for AdminError {
                 (StatusCode::SERVICE_UNAVAILABLE, *code, Some(detail.clone()))
             }
             AdminError::Database(error) if is_data_exception(error) => {
-                tracing::info!(error.message = %error, "a request's value was refused by PostgreSQL");
+                tracing::info!(error.message = %shared::error::Chain(&error), "a request's value was refused by PostgreSQL");
                 (
                     StatusCode::BAD_REQUEST,
                     "bad_value",
@@ -87,7 +87,7 @@ impl IntoResponse for AdminError {
                 )
             }
             AdminError::TokenExists(_) | AdminError::NoSuchToken(_) | AdminError::Database(_) => {
-                tracing::error!(error.message = %self, error.cause_chain = ?self, "request failed");
+                tracing::error!(error.message = %shared::error::Chain(&self), "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
         };

@@ -89,7 +89,7 @@ pub struct Config {
 pub enum ConfigError {
     #[error("CLERK_WEBHOOK_SECRET is not set; the ingress refuses to start without it")]
     MissingSecret,
-    #[error("CLERK_WEBHOOK_SECRET is invalid: {0}")]
+    #[error("CLERK_WEBHOOK_SECRET is invalid")]
     InvalidSecret(#[from] SecretError),
 }
 

@@ -61,7 +61,7 @@ pub struct Ingress {
 pub enum StartError {
     #[error(transparent)]
     Database(#[from] shared::db::DbError),
-    #[error("cannot read the listener's address: {0}")]
+    #[error("cannot read the listener's address")]
     Listener(#[from] std::io::Error),
 }
 
@@ -178,13 +178,17 @@ impl Ingress {
             ("refusal log", refusals),
         ] {
             if let Err(e) = task.await {
-                tracing::error!(task = name, error.message = %e, "background task failed");
+                tracing::error!(task = name, error.message = %shared::error::Chain(&e), "background task failed");
             }
         }
         match ops.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error.message = %e, "ops listener failed"),
-            Err(e) => tracing::error!(error.message = %e, "ops listener task failed"),
+            Ok(Err(e)) => {
+                tracing::error!(error.message = %shared::error::Chain(&e), "ops listener failed")
+            }
+            Err(e) => {
+                tracing::error!(error.message = %shared::error::Chain(&e), "ops listener task failed")
+            }
         }
         tracing::info!("ingress stopped");
         Ok(())

@@ -46,7 +46,7 @@ async fn ready(State(state): State<OpsState>) -> (StatusCode, Json<Value>) {
     match tokio::time::timeout(PROBE_TIMEOUT, shared::db::ping(&state.pool)).await {
         Ok(Ok(())) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Ok(Err(error)) => {
-            tracing::warn!(error.message = %error, "readiness: PostgreSQL failed");
+            tracing::warn!(error.message = %shared::error::Chain(&error), "readiness: PostgreSQL failed");
             unavailable()
         }
         Err(_) => {
@@ -97,7 +97,7 @@ pub async fn refresh_gauges(
         match counted {
             Ok((rows, oldest)) => metrics.set_unpublished(rows, oldest),
             Err(error) => {
-                tracing::debug!(error.message = %error, "counting the outbox failed");
+                tracing::debug!(error.message = %shared::error::Chain(&error), "counting the outbox failed");
             }
         }
     }

@@ -46,7 +46,7 @@ pub struct Relay {
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
-    #[error("database: {0}")]
+    #[error("PostgreSQL failed")]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     Broker(#[from] AmqpError),
@@ -111,7 +111,7 @@ impl Relay {
                         broker = None;
                     }
                     let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                    tracing::warn!(error.message = %error, retry_in = ?delay, "relay could not publish; events stay stored");
+                    tracing::warn!(error.message = %shared::error::Chain(&error), retry_in = ?delay, "relay could not publish; events stay stored");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = stop.cancelled() => {}
@@ -140,7 +140,7 @@ impl Relay {
         match tokio::time::timeout(FINAL_PASS_TIMEOUT, drain).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
-                tracing::warn!(error.message = %error, "unpublished events stay stored for the next start");
+                tracing::warn!(error.message = %shared::error::Chain(&error), "unpublished events stay stored for the next start");
             }
             Err(_) => tracing::warn!("final relay pass timed out; unpublished events stay stored"),
         }

@@ -77,7 +77,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    tracing::warn!(error.message = %error, "accepting a connection failed");
+                    tracing::warn!(error.message = %shared::error::Chain(&error), "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
@@ -148,7 +148,7 @@ impl Connection {
             if error.is_timeout() {
                 self.metrics.header_timeout();
             }
-            tracing::debug!(%peer, error.message = %error, "connection closed with an error");
+            tracing::debug!(%peer, error.message = %shared::error::Chain(&error), "connection closed with an error");
         }
         self.metrics.connection_closed();
     }

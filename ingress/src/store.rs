@@ -48,7 +48,7 @@ pub enum Stored {
 pub enum StoreError {
     #[error("the database cannot store this body as JSON")]
     Unstorable,
-    #[error("storing the event failed: {0}")]
+    #[error("storing the event failed")]
     Database(#[from] sqlx::Error),
     #[error("the store is shutting down")]
     Closed,
@@ -161,7 +161,7 @@ impl Writer {
             }
             Err(error) => {
                 let unstorable = is_unstorable(&error);
-                let message = error.to_string();
+                let message = shared::error::Chain(&error).to_string();
                 for request in firsts.into_iter().chain(copies) {
                     let answer = if unstorable {
                         StoreError::Unstorable

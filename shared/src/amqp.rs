@@ -99,7 +99,7 @@ pub enum AmqpError {
         failures: Vec<NodeFailure>,
     },
     /// A protocol operation failed.
-    #[error("RabbitMQ {operation} failed: {source}")]
+    #[error("RabbitMQ {operation} failed")]
     Protocol {
         /// What was being done.
         operation: &'static str,

@@ -407,7 +407,7 @@ pub async fn wait_until_reachable(pool: &PgPool, patience: Duration) -> Result<(
         )
         .when(|err| !permanent(err))
         .notify(|err, after| {
-            tracing::warn!(error.message = %err, retry_in = ?after, "PostgreSQL not reachable yet");
+            tracing::warn!(error.message = %crate::error::Chain(&err), retry_in = ?after, "PostgreSQL not reachable yet");
         });
     match tokio::time::timeout(patience, retried).await {
         Ok(result) => result,

@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod backoff;
 pub mod config;
 pub mod db;
+pub mod error;
 pub mod event;
 pub mod event_status;
 pub mod secret;

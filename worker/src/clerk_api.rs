@@ -272,7 +272,7 @@ where
                     let delay = hint
                         .max(shared::backoff::jittered(base, MAX_RETRY_DELAY, made))
                         .min(MAX_RETRY_DELAY);
-                    tracing::warn!(error.message = %error, retry_in = ?delay, "Clerk call failed; retrying");
+                    tracing::warn!(error.message = %shared::error::Chain(&error), retry_in = ?delay, "Clerk call failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 _ => return Err(error),

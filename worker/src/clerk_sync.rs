@@ -63,7 +63,7 @@ impl Syncer {
             let busy = match self.pass(&stop).await {
                 Ok(claimed) => claimed as i64 == BATCH,
                 Err(error) => {
-                    tracing::warn!(error.message = %error, "Clerk sync pass failed; retrying");
+                    tracing::warn!(error.message = %shared::error::Chain(&error), "Clerk sync pass failed; retrying");
                     false
                 }
             };
@@ -158,14 +158,15 @@ impl Syncer {
                     self.metrics.clerk_sync(error.kind());
                     let attempts = row.attempts.saturating_add(1);
                     let delay = retry_delay(hint, self.backoff(attempts));
-                    tracing::warn!(owner_id = %row.owner_id, error.message = %error, attempts, retry_in = ?delay,
+                    let reason = shared::error::Chain(&error).to_string();
+                    tracing::warn!(owner_id = %row.owner_id, error.message = %reason, attempts, retry_in = ?delay,
                         "Clerk metadata write failed; will retry");
-                    self.reschedule(&row.owner_id, delay, attempts, Some(&error.to_string()))
+                    self.reschedule(&row.owner_id, delay, attempts, Some(&reason))
                         .await?;
                 }
                 None => {
                     self.metrics.clerk_sync(error.kind());
-                    tracing::error!(owner_id = %row.owner_id, error.message = %error,
+                    tracing::error!(owner_id = %row.owner_id, error.message = %shared::error::Chain(&error),
                         "Clerk refused the metadata write; giving up on it");
                     self.forget(&row, "refused").await?;
                 }

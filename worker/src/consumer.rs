@@ -231,7 +231,7 @@ async fn handle_delivery(ctx: &Context, delivery: Delivery) {
             Err(error) => match classify(&error) {
                 Failure::Outage => {
                     let delay = outage_delays.next().unwrap_or(ctx.retry_max_delay);
-                    tracing::warn!(webhook_id, error.message = %error, retry_in = ?delay,
+                    tracing::warn!(webhook_id, error.message = %shared::error::Chain(&error), retry_in = ?delay,
                         "database unavailable; the event waits, unacked");
                     if !wait(ctx, delay).await {
                         requeue(&delivery).await;
@@ -239,7 +239,7 @@ async fn handle_delivery(ctx: &Context, delivery: Delivery) {
                     }
                 }
                 failure => {
-                    let reason = error.to_string();
+                    let reason = shared::error::Chain(&error).to_string();
                     failures_here += 1;
                     let recorded = record_failure(ctx, &delivery, &webhook_id, &reason, failure);
                     let attempts = match recorded.await {
@@ -257,7 +257,7 @@ async fn handle_delivery(ctx: &Context, delivery: Delivery) {
                         Err(e) => {
                             // Could not even count it: treat as an outage.
                             let delay = outage_delays.next().unwrap_or(ctx.retry_max_delay);
-                            tracing::warn!(webhook_id, error.message = %e, retry_in = ?delay,
+                            tracing::warn!(webhook_id, error.message = %shared::error::Chain(&e), retry_in = ?delay,
                                 "database unavailable while recording a failure");
                             if !wait(ctx, delay).await {
                                 requeue(&delivery).await;
@@ -416,7 +416,7 @@ async fn dead_letter(
             ctx.metrics.dead_lettered(type_label);
         }
         Err(error) => {
-            tracing::error!(webhook_id, error.message = %error,
+            tracing::error!(webhook_id, error.message = %shared::error::Chain(&error),
                 "could not dead-letter; the message goes back to the queue");
             requeue(delivery).await;
         }
@@ -436,7 +436,7 @@ fn header(delivery: &Delivery, name: &str) -> Option<String> {
 async fn ack(delivery: &Delivery) {
     if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
         // The broker redelivers it; the row is processed, so that is a no-op.
-        tracing::warn!(error.message = %error, "ack failed after commit; a redelivery will be skipped");
+        tracing::warn!(error.message = %shared::error::Chain(&error), "ack failed after commit; a redelivery will be skipped");
     }
 }
 
@@ -446,7 +446,7 @@ async fn requeue(delivery: &Delivery) {
         ..BasicNackOptions::default()
     };
     if let Err(error) = delivery.acker.nack(options).await {
-        tracing::warn!(error.message = %error, "nack failed; the broker returns the message when the channel closes");
+        tracing::warn!(error.message = %shared::error::Chain(&error), "nack failed; the broker returns the message when the channel closes");
     }
 }
 

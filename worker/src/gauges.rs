@@ -99,7 +99,7 @@ impl Gauges {
                 self.metrics.dlq_messages.set(i64::from(depth));
             }
             Err(error) => {
-                tracing::debug!(error.message = %error, "could not read the DLQ depth");
+                tracing::debug!(error.message = %shared::error::Chain(&error), "could not read the DLQ depth");
                 *broker = None;
             }
         }

@@ -55,7 +55,7 @@ pub enum RunError {
     Database(#[from] shared::db::DbError),
     #[error(transparent)]
     Broker(#[from] AmqpError),
-    #[error("ops listener: {0}")]
+    #[error("ops listener")]
     Listener(#[from] std::io::Error),
     #[error("Clerk API client: {0}")]
     Clerk(String),
@@ -178,7 +178,7 @@ impl Worker {
                 Ok(()) => break,
                 Err(error) => {
                     let delay = delays.next().unwrap_or(self.settings.retry_max_delay);
-                    tracing::warn!(error.message = %error, retry_in = ?delay, "lost RabbitMQ; reconnecting");
+                    tracing::warn!(error.message = %shared::error::Chain(&error), retry_in = ?delay, "lost RabbitMQ; reconnecting");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => break,
@@ -192,7 +192,7 @@ impl Worker {
         let _ = gauges.await;
         self.pool.close().await;
         if let Ok(Err(error)) = ops.await {
-            tracing::warn!(error.message = %error, "ops listener failed");
+            tracing::warn!(error.message = %shared::error::Chain(&error), "ops listener failed");
         }
         tracing::info!("worker stopped");
         Ok(())
@@ -256,7 +256,7 @@ impl Worker {
                 }
                 Err(error) => {
                     let delay = delays.next().unwrap_or(self.settings.retry_max_delay);
-                    tracing::warn!(error.message = %error, retry_in = ?delay, "RabbitMQ unreachable");
+                    tracing::warn!(error.message = %shared::error::Chain(&error), retry_in = ?delay, "RabbitMQ unreachable");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => return None,
@@ -318,7 +318,7 @@ impl Worker {
                 },
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(error) = joined {
-                        tracing::error!(error.message = %error, "delivery task failed");
+                        tracing::error!(error.message = %shared::error::Chain(&error), "delivery task failed");
                     }
                 }
             }
@@ -349,7 +349,7 @@ async fn drain(tasks: &mut JoinSet<()>, timeout: Duration) {
     let finished = tokio::time::timeout(timeout, async {
         while let Some(joined) = tasks.join_next().await {
             if let Err(error) = joined {
-                tracing::error!(error.message = %error, "delivery task failed");
+                tracing::error!(error.message = %shared::error::Chain(&error), "delivery task failed");
             }
         }
     })
@@ -390,7 +390,7 @@ async fn connect_with_patience(
         // and that does not verify, will not change by waiting.
         .when(|error| !error.is_permanent())
         .notify(|error, after| {
-            tracing::warn!(error.message = %error, retry_in = ?after, "RabbitMQ not reachable yet");
+            tracing::warn!(error.message = %shared::error::Chain(&error), retry_in = ?after, "RabbitMQ not reachable yet");
         });
     match tokio::time::timeout(patience, retried).await {
         Ok(result) => result,

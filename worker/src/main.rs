@@ -65,8 +65,8 @@ async fn dispatch(config: &Config, job: Job, settings: Option<Settings>) {
             }
             // A database error says what failed; its cause says why.
             Job::Migrate => eprintln!("worker: {error:#}"),
-            // The commands' errors name their cause themselves.
-            Job::Command(_) => eprintln!("worker: {error}"),
+            // A command's error, with its causes.
+            Job::Command(_) => eprintln!("worker: {error:#}"),
         }
         std::process::exit(1);
     }

@@ -122,7 +122,7 @@ pub enum PruneError {
     #[error("the age is out of range")]
     OutOfRange,
     /// A statement failed; rows deleted before it stay deleted.
-    #[error("pruning failed after deleting {deleted} event(s): {source}")]
+    #[error("pruning failed after deleting {deleted} event(s)")]
     Database {
         /// Rows deleted before the failure.
         deleted: u64,

@@ -73,14 +73,14 @@ pub enum ReplayError {
     #[error("not stored in webhook_events: {}; nothing was re-published", .0.join(", "))]
     UnknownIds(Vec<String>),
     /// The database failed.
-    #[error("PostgreSQL failed: {0}")]
+    #[error("PostgreSQL failed")]
     Database(#[from] sqlx::Error),
     /// The broker failed or did not confirm a publish.
     #[error(transparent)]
     Broker(#[from] AmqpError),
     /// The replay stopped part-way: the events confirmed before stay
     /// published, the rest are unchanged.
-    #[error("stopped after re-publishing {republished} event(s): {source}")]
+    #[error("stopped after re-publishing {republished} event(s)")]
     Stopped {
         /// Events re-published before the failure.
         republished: u64,
@@ -127,7 +127,7 @@ pub async fn replay_from_store(
         )
         .await;
         if let Err(error) = audited {
-            tracing::warn!(error.message = %error, "the replay was not written to the audit log");
+            tracing::warn!(error.message = %shared::error::Chain(&error), "the replay was not written to the audit log");
         }
     }
     match outcome {

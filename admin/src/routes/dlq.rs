@@ -273,10 +273,10 @@ fn classify(error: DlqError) -> AdminError {
         },
         DlqError::Database(error) => AdminError::Database(error),
         error => {
-            tracing::warn!(error.message = %error, error.cause_chain = ?error, "DLQ operation failed");
+            tracing::warn!(error.message = %shared::error::Chain(&error), "DLQ operation failed");
             AdminError::Unavailable {
                 code: "broker_unavailable",
-                detail: error.to_string(),
+                detail: shared::error::Chain(&error).to_string(),
             }
         }
     }

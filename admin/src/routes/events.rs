@@ -196,7 +196,7 @@ pub async fn replay(
         Err(ReplayError::UnknownIds(_)) => Err(unknown_event(webhook_id)),
         Err(ReplayError::Database(error)) => Err(AdminError::Database(error)),
         Err(error) => {
-            tracing::warn!(error.message = %error, error.cause_chain = ?error, "replay failed");
+            tracing::warn!(error.message = %shared::error::Chain(&error), "replay failed");
             Err(AdminError::Unavailable {
                 code: "broker_unavailable",
                 detail: "RabbitMQ did not confirm the re-publish; nothing was lost, try again"

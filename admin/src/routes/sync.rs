@@ -82,9 +82,9 @@ pub async fn start_sync(
                 }));
             }
             Err(error) => {
-                tracing::warn!(error.message = %error, error.cause_chain = ?error, "sync job failed");
+                tracing::warn!(error.message = %shared::error::Chain(&error), "sync job failed");
                 job.state = crate::jobs::JobState::Failed;
-                job.error = Some(error.to_string());
+                job.error = Some(shared::error::Chain(&error).to_string());
             }
         });
     });

@@ -84,7 +84,7 @@ impl Outcome {
 pub enum WebhookError {
     #[error(transparent)]
     Verify(#[from] VerifyError),
-    #[error("verified body is not a Clerk event: {0}")]
+    #[error("verified body is not a Clerk event")]
     Payload(#[from] PayloadError),
     #[error("body larger than {limit} bytes")]
     TooLarge { limit: usize },
@@ -136,7 +136,9 @@ impl IntoResponse for WebhookError {
         let body = match outcome {
             // Nothing about the internals leaves the process.
             Outcome::Internal => json!({ "error": outcome.as_str() }),
-            _ => json!({ "error": outcome.as_str(), "message": self.to_string() }),
+            _ => {
+                json!({ "error": outcome.as_str(), "message": shared::error::Chain(&self).to_string() })
+            }
         };
         let mut response = (self.status(), Json(body)).into_response();
         if outcome == Outcome::Overloaded {
@@ -181,14 +183,16 @@ pub async fn receive(State(state): State<AppState>, request: Request) -> Respons
             if outcome == Outcome::Internal {
                 tracing::error!(
                     outcome = outcome.as_str(),
-                    error.message = %error,
+                    error.message = %shared::error::Chain(&error),
                     elapsed_ms,
                     "webhook not stored"
                 );
             } else {
-                state
-                    .refusals
-                    .record(outcome.as_str(), &error.to_string(), source);
+                state.refusals.record(
+                    outcome.as_str(),
+                    &shared::error::Chain(&error).to_string(),
+                    source,
+                );
             }
             error.into_response()
         }

@@ -23,7 +23,7 @@ pub async fn run(config: &Config, settings: Option<Settings>) -> anyhow::Result<
         match crate::backfill::event_subjects(&backfill).await {
             Ok(0) => {}
             Ok(filled) => tracing::info!(filled, "filled the subject of stored events"),
-            Err(error) => tracing::warn!(error.message = %error,
+            Err(error) => tracing::warn!(error.message = %shared::error::Chain(&error),
                 "filling the subject of stored events failed; `worker migrate` retries it"),
         }
         backfill.close().await;

@@ -37,9 +37,9 @@ pub enum AdjustError {
     DeletedUser(String),
     #[error("the reason must not be empty")]
     EmptyReason,
-    #[error("refused: {0}")]
+    #[error("refused")]
     Refused(#[from] LedgerError),
-    #[error("database: {0}")]
+    #[error("PostgreSQL failed")]
     Database(#[from] sqlx::Error),
 }
 

@@ -32,7 +32,7 @@ pub struct Catalog {
 /// Why a catalog was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("cannot read the plan catalog {path}: {source}")]
+    #[error("cannot read the plan catalog {path}")]
     Read {
         path: String,
         #[source]

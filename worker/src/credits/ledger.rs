@@ -81,7 +81,7 @@ pub enum Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    #[error("database: {0}")]
+    #[error("PostgreSQL failed")]
     Database(#[from] sqlx::Error),
     #[error("the balance would become {0}, below zero")]
     Negative(i64),

@@ -51,7 +51,7 @@ pub enum DlqError {
         queue: String,
     },
     /// A broker operation failed.
-    #[error("RabbitMQ {operation} failed: {source}")]
+    #[error("RabbitMQ {operation} failed")]
     Broker {
         /// What was being done.
         operation: &'static str,
@@ -71,14 +71,14 @@ pub enum DlqError {
         missing: Vec<String>,
     },
     /// The database failed.
-    #[error("PostgreSQL failed: {0}")]
+    #[error("PostgreSQL failed")]
     Database(#[from] sqlx::Error),
     /// A re-publish was not confirmed; that message stays in the queue.
-    #[error("re-publishing failed: {0}")]
+    #[error("re-publishing failed")]
     Republish(AmqpError),
     /// A replay stopped part-way; the messages replayed stay replayed, the
     /// rest stay in the queue.
-    #[error("stopped after replaying {replayed} message(s): {source}")]
+    #[error("stopped after replaying {replayed} message(s)")]
     Stopped {
         /// Messages replayed before the failure.
         replayed: u64,

@@ -113,7 +113,7 @@ impl Reader {
     pub(super) async fn release(mut self) {
         if self.acks_since_get > 0 {
             if let Err(error) = self.barrier().await {
-                tracing::debug!(error.message = %error, "barrier before release failed");
+                tracing::debug!(error.message = %shared::error::Chain(&error), "barrier before release failed");
             }
         }
         if self.fetched {
@@ -122,7 +122,7 @@ impl Reader {
                 requeue: true,
             };
             if let Err(error) = self.channel.basic_nack(0, every_unacked).await {
-                tracing::debug!(error.message = %error, "nack failed");
+                tracing::debug!(error.message = %shared::error::Chain(&error), "nack failed");
             }
         }
         let _ = self.channel.close(200, "done".into()).await;

@@ -139,7 +139,7 @@ pub async fn replay(
         )
         .await;
         if let Err(error) = audited {
-            tracing::warn!(error.message = %error, "the replay was not written to the audit log");
+            tracing::warn!(error.message = %shared::error::Chain(&error), "the replay was not written to the audit log");
         }
     }
     match outcome {
@@ -259,7 +259,7 @@ async fn replay_batch(
                 if let Err(error) = reader.ack(&selected.acker).await {
                     // It was replayed, but it stays in the queue as well;
                     // replaying it again would be harmless.
-                    tracing::warn!(webhook_id = %selected.webhook_id, error.message = %error,
+                    tracing::warn!(webhook_id = %selected.webhook_id, error.message = %shared::error::Chain(&error),
                         "replayed, but removing it from the dead-letter queue failed");
                     return Err(error);
                 }

@@ -57,7 +57,7 @@ pub enum HandlerError {
     /// A handled type whose payload can never be applied: retrying is useless.
     #[error("payload cannot be applied: {0}")]
     Malformed(String),
-    #[error("database: {0}")]
+    #[error("PostgreSQL failed")]
     Database(#[from] sqlx::Error),
 }
 

@@ -49,13 +49,13 @@ pub(super) async fn reconcile(run: &mut Run<'_>) -> Result<(), SyncError> {
                     reconcile_payer(run, owner, subscription.unwrap_or_default()).await
                 {
                     run.report.failed += 1;
-                    tracing::warn!(owner_id = %owner, error.message = %error, error.cause_chain = ?error,
+                    tracing::warn!(owner_id = %owner, error.message = %shared::error::Chain(&error),
                         "plan credits not reconciled");
                 }
             }
             Err(error) => {
                 run.report.failed += 1;
-                tracing::warn!(owner_id = %owner, error.message = %error, "could not read the Billing subscription");
+                tracing::warn!(owner_id = %owner, error.message = %shared::error::Chain(&error), "could not read the Billing subscription");
             }
         }
         run.progress.step("payers reconciled", done as u64 + 1);

@@ -71,13 +71,13 @@ pub(super) async fn confirm_missing(
             Ok(None) => {
                 if let Err(error) = delete(run, user_id).await {
                     run.report.failed += 1;
-                    tracing::warn!(user_id, error.message = %error, error.cause_chain = ?error, "deleted user not released");
+                    tracing::warn!(user_id, error.message = %shared::error::Chain(&error), "deleted user not released");
                 }
             }
             Ok(Some(json)) => reconcile_logged(run, &json).await,
             Err(error) => {
                 run.report.failed += 1;
-                tracing::warn!(user_id, error.message = %error, "could not ask Clerk about a user");
+                tracing::warn!(user_id, error.message = %shared::error::Chain(&error), "could not ask Clerk about a user");
             }
         }
         run.progress.step("absent users checked", done as u64 + 1);
@@ -89,7 +89,7 @@ async fn reconcile_logged(run: &mut Run<'_>, json: &Value) {
     run.report.processed += 1;
     if let Err(error) = reconcile(run, json).await {
         run.report.failed += 1;
-        tracing::warn!(user_id = json["id"].as_str().unwrap_or("?"), error.message = %error,
+        tracing::warn!(user_id = json["id"].as_str().unwrap_or("?"), error.message = %shared::error::Chain(&error),
             error.cause_chain = ?error, "user not synced");
     }
 }
