@@ -68,6 +68,15 @@ const COLUMNS: &str =
 
 /// The rows the filter selects, newest first.
 pub async fn list(pool: &PgPool, filter: &AuditFilter) -> Result<Vec<AuditRow>, sqlx::Error> {
+    let texts = [&filter.user_id, &filter.actor, &filter.action_type];
+    if !texts
+        .iter()
+        .copied()
+        .flatten()
+        .all(|text| super::storable(text))
+    {
+        return Ok(Vec::new());
+    }
     let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM admin_actions WHERE TRUE"));
     if let Some(user_id) = &filter.user_id {
         query.push(" AND user_id = ").push_bind(user_id);

@@ -146,6 +146,18 @@ const SUMMARY_COLUMNS: &str = "id, webhook_id, event_type, subject, status, atte
 
 /// The events the filter selects, newest first.
 pub async fn search(pool: &PgPool, filter: &EventFilter) -> Result<EventPage, sqlx::Error> {
+    let texts = [&filter.subject, &filter.event_type, &filter.status];
+    if !texts
+        .iter()
+        .copied()
+        .flatten()
+        .all(|text| super::storable(text))
+    {
+        return Ok(EventPage {
+            events: Vec::new(),
+            next_cursor: None,
+        });
+    }
     let mut query = QueryBuilder::new(format!(
         "SELECT {SUMMARY_COLUMNS} FROM webhook_events WHERE TRUE"
     ));
@@ -212,6 +224,9 @@ struct DetailRow {
 
 /// One event by its svix id, or `None` when it is not stored.
 pub async fn detail(pool: &PgPool, webhook_id: &str) -> Result<Option<EventDetail>, sqlx::Error> {
+    if !super::storable(webhook_id) {
+        return Ok(None);
+    }
     let row: Option<DetailRow> = sqlx::query_as(&format!(
         "SELECT {SUMMARY_COLUMNS}, payload FROM webhook_events WHERE webhook_id = $1"
     ))

@@ -61,6 +61,13 @@ pub fn parse_instant(
         .transpose()
 }
 
+/// Whether PostgreSQL can hold `text`: no stored id or type contains a NUL
+/// character, so a filter or an id with one matches nothing (rather than
+/// failing the statement).
+pub fn storable(text: &str) -> bool {
+    !text.contains('\0')
+}
+
 /// A text filter: absent when empty.
 pub fn filter(value: Option<&str>) -> Option<String> {
     value

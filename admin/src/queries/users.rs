@@ -117,6 +117,9 @@ pub struct UserView {
 /// The user, or `None` when the database knows nothing of that id (no mirror
 /// row, no membership, no credit account).
 pub async fn view(pool: &PgPool, user_id: &str) -> Result<Option<UserView>, sqlx::Error> {
+    if !super::storable(user_id) {
+        return Ok(None);
+    }
     let user: Option<UserRow> = sqlx::query_as(
         "SELECT email, first_name, last_name, clerk_updated_at, created_at, deleted_at
          FROM users WHERE id = $1",

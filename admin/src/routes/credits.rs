@@ -196,6 +196,9 @@ pub async fn change(
     target: Target,
     reason: String,
 ) -> Result<(i64, i32, i32), AdminError> {
+    if !crate::queries::storable(owner) {
+        return Err(classify(AdjustError::UnknownUser(owner.to_owned())));
+    }
     let adjusted = adjust(
         &state.pool,
         &Adjustment {
