@@ -169,7 +169,7 @@ async fn failing_rows(db: &TestDb, ids: &[String]) -> Vec<(String, String, i32, 
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_events_wait_in_delay_queues_so_300_healthy_ones_behind_them_are_processed_meanwhile(
 ) {
-    const MAX_ATTEMPTS: i32 = 8;
+    const MAX_ATTEMPTS: i32 = 10;
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
     // Inserting these users fails until the trigger is dropped: a raised
@@ -190,8 +190,8 @@ async fn failing_events_wait_in_delay_queues_so_300_healthy_ones_behind_them_are
     let database_url = db.url(None);
     let (_ingress, addr, _) = Service::ingress_run(&database_url, &broker.prefix, &secret, &[]);
     let max_attempts = MAX_ATTEMPTS.to_string();
-    // The binary's own retry delays (1 s doubling up to 30 s): eight
-    // attempts take the failing events at least 45 s.
+    // The binary's own retry delays (1 s doubling up to 30 s): ten attempts
+    // take a failing event at least 75 s, far more than the scenario needs.
     let mut worker = Service::worker_run(
         &database_url,
         &broker.prefix,
@@ -201,6 +201,9 @@ async fn failing_events_wait_in_delay_queues_so_300_healthy_ones_behind_them_are
         ],
     );
     worker.wait_for_line("consuming", DEADLINE);
+    let ready: serde_json::Value =
+        serde_json::from_str(&worker.wait_for_line("worker ready", DEADLINE)).unwrap();
+    let metrics_url = format!("http://{}/metrics", ready["ops_addr"].as_str().unwrap());
     let send = |body: Vec<u8>| {
         let delivery = Delivery::signed(&secret, body);
         let addr = addr.clone();
@@ -241,6 +244,17 @@ async fn failing_events_wait_in_delay_queues_so_300_healthy_ones_behind_them_are
         queue_depth(&broker, &broker.names.dead_letter_queue).await,
         0
     );
+    wait_for(
+        "the gauge to count the 8 awaiting a retry",
+        DEADLINE,
+        || async {
+            let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
+            text.lines()
+                .any(|line| line == "clerk_worker_events_awaiting_retry 8")
+                .then_some(())
+        },
+    )
+    .await;
 
     // The fault is repaired: each failing event succeeds at its next retry.
     sqlx::query("DROP TRIGGER fail_some_users ON users")
