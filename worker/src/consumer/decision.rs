@@ -114,15 +114,15 @@ fn classify_sqlstate(code: Option<&str>) -> Failure {
 }
 
 /// Where counting a failed attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Counted {
     /// The row (or, for a message no row stores, the message) counts this
     /// many failed attempts now.
     Attempts(i32),
     /// A copy of the event committed meanwhile: the failure is moot.
     AlreadyProcessed,
-    /// The count could not be written: the database is unavailable.
-    Unrecorded,
+    /// The count could not be written: the database is unavailable (why).
+    Unrecorded(String),
 }
 
 impl Counted {
@@ -133,7 +133,7 @@ impl Counted {
             Ok(Recorded::Attempts(attempts)) => Counted::Attempts(attempts),
             Ok(Recorded::NotStored) => Counted::Attempts(before.saturating_add(1)),
             Ok(Recorded::AlreadyProcessed) => Counted::AlreadyProcessed,
-            Err(_) => Counted::Unrecorded,
+            Err(error) => Counted::Unrecorded(format!("counting the failure: {error}")),
         }
     }
 }
@@ -148,7 +148,7 @@ pub fn after_failure(
 ) -> Decision {
     let attempts = match counted {
         Counted::AlreadyProcessed => return Decision::Ack(Done::Duplicate),
-        Counted::Unrecorded => return Decision::WaitForDatabase { reason },
+        Counted::Unrecorded(why) => return Decision::WaitForDatabase { reason: why },
         Counted::Attempts(attempts) => attempts,
     };
     let max = i32::try_from(max_attempts).unwrap_or(i32::MAX);
@@ -293,8 +293,10 @@ mod tests {
             Decision::Ack(Done::Duplicate)
         );
         assert_eq!(
-            transient(Counted::Unrecorded),
-            Decision::WaitForDatabase { reason: reason() }
+            transient(Counted::Unrecorded("pool timed out".to_owned())),
+            Decision::WaitForDatabase {
+                reason: "pool timed out".to_owned()
+            }
         );
         assert_eq!(
             after_failure(Failure::Transient, Counted::Attempts(1), 1, reason()),
@@ -322,9 +324,9 @@ mod tests {
             Counted::from_record(Ok(Recorded::AlreadyProcessed), 0),
             Counted::AlreadyProcessed
         );
-        assert_eq!(
+        assert!(matches!(
             Counted::from_record(Err(sqlx::Error::PoolTimedOut), 0),
-            Counted::Unrecorded
-        );
+            Counted::Unrecorded(why) if why.starts_with("counting the failure: ")
+        ));
     }
 }
