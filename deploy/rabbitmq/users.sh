@@ -19,7 +19,10 @@
 #
 # The names, for the prefix P: exchange P.events (events, routing key = type),
 # quorum queue P.events.worker (bound with #, dead-letters to P.events.dlx),
-# exchange P.events.dlx and quorum queue P.events.dlq (shared/src/amqp.rs).
+# exchange P.events.dlx and quorum queue P.events.dlq (shared/src/amqp.rs);
+# the worker's retries: headers exchange P.events.retry and one delay queue
+# per retry step, P.events.retry.<milliseconds>, dead-lettering back to
+# P.events (shared/src/amqp/retry.rs).
 # RabbitMQ checks configure to declare (or delete) an exchange or queue, write
 # to publish to an exchange or bind a queue, read to consume a queue or bind
 # from an exchange.
@@ -30,11 +33,14 @@
 #                                                          the two queues
 #            read      ^P\.events(\.dlx)?$                 bind from the two
 #                                                          exchanges; no queue
-#   worker   configure, write and read ^P\.events(\.worker|\.dlx|\.dlq)?$
+#   worker   configure, write and read
+#            ^P\.events(\.worker|\.dlx|\.dlq|\.retry(\.[0-9]+)?)?$
 #            declare; consume the worker queue and the DLQ; publish dead
-#            letters to P.events.dlx and replays to P.events
-#   admin    the worker's: it reads the DLQ and replays through the worker's
-#            own operations
+#            letters to P.events.dlx, retries to P.events.retry and replays
+#            to P.events
+#   admin    configure, write and read ^P\.events(\.worker|\.dlx|\.dlq)?$
+#            it reads the DLQ and replays through the worker's own
+#            operations, whose publisher declares the topology first
 #
 # Declaring the worker queue for the first time also needs read on it
 # (RabbitMQ checks that whoever sets a dead-letter exchange may read the
@@ -60,6 +66,7 @@ case "$prefix" in
 esac
 p="$(printf '%s' "$prefix" | sed 's/\./\\./g')"
 all="^$p\\.events(\\.worker|\\.dlx|\\.dlq)?\$"
+worker="^$p\\.events(\\.worker|\\.dlx|\\.dlq|\\.retry(\\.[0-9]+)?)?\$"
 
 # Creates the user $1 with the password $2 (given on stdin, never as an
 # argument), or sets the password of the existing one.
@@ -75,12 +82,11 @@ $ctl --quiet set_permissions -p "$vhost" "$ingress_user" \
     "$all" "^$p\\.events(\\.worker|\\.dlq)?\$" "^$p\\.events(\\.dlx)?\$"
 
 user "$worker_user" "$WORKER_AMQP_PASSWORD"
-$ctl --quiet set_permissions -p "$vhost" "$worker_user" "$all" "$all" "$all"
+$ctl --quiet set_permissions -p "$vhost" "$worker_user" "$worker" "$worker" "$worker"
 
 # The admin service (optional: only with ADMIN_AMQP_PASSWORD) reads the DLQ
 # and re-publishes through the worker's own operations, whose publisher
-# declares the topology first: the worker's permissions, under its own name
-# and password.
+# declares the topology first; it never retries, so no delay queue.
 if [ -n "${ADMIN_AMQP_PASSWORD:-}" ]; then
     user "$admin_user" "$ADMIN_AMQP_PASSWORD"
     $ctl --quiet set_permissions -p "$vhost" "$admin_user" "$all" "$all" "$all"

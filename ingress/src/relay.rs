@@ -11,7 +11,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use lapin::Connection;
 use shared::event_status::PUBLISHED_BODY;
 use shared::{
@@ -67,13 +66,9 @@ struct Broker {
     publisher: Publisher,
 }
 
-fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// The relay's retry policy: 200 ms doubling up to 30 s, jittered.
+fn backoff() -> shared::backoff::Delays {
+    shared::backoff::RetryPolicy::new(Duration::from_millis(200), Duration::from_secs(30)).delays()
 }
 
 impl Relay {

@@ -1,8 +1,10 @@
 //! RabbitMQ: connection (to one node or the first answering node of a
 //! cluster, TLS included: [`Nodes`]), topology declaration (`../SPEC.md`
-//! section 7) and a publish that waits for the broker's confirm.
+//! section 7), the worker's delay queues for retries ([`retry`]) and a
+//! publish that waits for the broker's confirm.
 
 mod nodes;
+pub mod retry;
 
 pub use nodes::Nodes;
 
@@ -58,6 +60,9 @@ pub struct Names {
     pub dead_letter_exchange: String,
     /// Quorum queue holding dead letters until an operator replays them.
     pub dead_letter_queue: String,
+    /// Headers exchange a retrying event is published to; it routes to the
+    /// delay queue of its step ([`Names::retry_queue`]).
+    pub retry_exchange: String,
 }
 
 impl Names {
@@ -68,7 +73,14 @@ impl Names {
             worker_queue: format!("{prefix}.events.worker"),
             dead_letter_exchange: format!("{prefix}.events.dlx"),
             dead_letter_queue: format!("{prefix}.events.dlq"),
+            retry_exchange: format!("{prefix}.events.retry"),
         }
+    }
+
+    /// The delay queue of one retry step: `{prefix}.events.retry.{milliseconds}`.
+    /// Its messages expire after the step and return to the exchange.
+    pub fn retry_queue(&self, step: Duration) -> String {
+        format!("{}.{}", self.retry_exchange, step.as_millis())
     }
 }
 

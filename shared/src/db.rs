@@ -17,7 +17,7 @@
 
 use std::{str::FromStr, time::Duration};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use sqlx::{
     migrate::{Migrate as _, MigrateError, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions, PgSslMode},
@@ -25,6 +25,7 @@ use sqlx::{
 };
 
 use crate::{
+    backoff::RetryPolicy,
     secret::{redact_url, Secret},
     tls,
 };
@@ -399,11 +400,8 @@ pub async fn wait_until_reachable(pool: &PgPool, patience: Duration) -> Result<(
     let ping = || async { sqlx::query("SELECT 1").execute(pool).await.map(|_| ()) };
     let retried = ping
         .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(2))
-                .with_total_delay(Some(patience))
-                .without_max_times(),
+            RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(2))
+                .delays_within(patience),
         )
         .when(|err| !permanent(err))
         .notify(|err, after| {

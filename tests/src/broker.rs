@@ -174,6 +174,20 @@ fn received(message: &BasicGetMessage) -> Received {
     }
 }
 
+/// The delay queues a worker of the tests may declare: those of the test
+/// settings' retry policy ([`crate::worker::settings`]) and of the binary's
+/// default one.
+fn retry_queues(names: &Names) -> Vec<String> {
+    let test = crate::worker::settings(String::new(), String::new(), String::new());
+    let binary = worker::config::Settings::default_retry_policy();
+    test.retry_policy()
+        .steps()
+        .into_iter()
+        .chain(binary.steps())
+        .map(|step| names.retry_queue(step))
+        .collect()
+}
+
 impl Drop for TestBroker {
     fn drop(&mut self) {
         let names = self.names.clone();
@@ -187,13 +201,28 @@ impl Drop for TestBroker {
                 let Ok(connection) = amqp::connect(&Secret::new(url), "e2e-cleanup").await else {
                     return;
                 };
-                if let Ok(channel) = connection.create_channel().await {
-                    for queue in [&names.worker_queue, &names.dead_letter_queue] {
-                        let _ = channel
+                if let Ok(mut channel) = connection.create_channel().await {
+                    for queue in [&names.worker_queue, &names.dead_letter_queue]
+                        .into_iter()
+                        .cloned()
+                        .chain(retry_queues(&names))
+                    {
+                        let deleted = channel
                             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                             .await;
+                        if deleted.is_err() {
+                            // A queue that was never declared closes the channel.
+                            match connection.create_channel().await {
+                                Ok(fresh) => channel = fresh,
+                                Err(_) => return,
+                            }
+                        }
                     }
-                    for exchange in [&names.exchange, &names.dead_letter_exchange] {
+                    for exchange in [
+                        &names.exchange,
+                        &names.dead_letter_exchange,
+                        &names.retry_exchange,
+                    ] {
                         let _ = channel
                             .exchange_delete(
                                 exchange.as_str().into(),

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use e2e::{
     broker::TestBroker,
+    commands::queue_depth,
     db::TestDb,
     deliveries::{new_id, user_deleted, user_event},
     wait_for,
@@ -544,4 +545,64 @@ async fn a_handled_type_whose_payload_cannot_parse_is_dead_lettered_at_once() {
     assert!(last_error.unwrap().contains("missing field `id`"));
     assert_eq!(dead.header("x-attempts").as_deref(), Some("1"));
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_waits_in_the_delay_queue_of_its_step_and_returns_to_the_worker_queue_once_under_its_type(
+) {
+    use shared::amqp::{
+        retry::{declare_retry_topology, Retry, HEADER_RETRY_ATTEMPTS},
+        OutgoingEvent, Publisher,
+    };
+    let broker = TestBroker::new().await;
+    let (short, long) = (Duration::from_millis(50), Duration::from_secs(30));
+    declare_retry_topology(&broker.channel, &broker.names, &[short, long])
+        .await
+        .unwrap();
+    // Declaring again changes nothing.
+    declare_retry_topology(&broker.channel, &broker.names, &[short, long])
+        .await
+        .unwrap();
+    let publisher = Publisher::open(&broker.connection, &broker.names)
+        .await
+        .unwrap();
+    let body = user_deleted("user_retry");
+    let ids: Vec<String> = (0..10).map(|_| new_id()).collect();
+
+    for (i, id) in ids.iter().enumerate() {
+        let step = if i % 2 == 0 { short } else { long };
+        let retry = Retry {
+            event: OutgoingEvent {
+                webhook_id: id,
+                event_type: "user.deleted",
+                body: &body,
+                traceparent: None,
+            },
+            attempts: 2,
+            step,
+            delay: step / 2,
+        };
+        publisher.retry_later(&retry).await.unwrap();
+    }
+    wait_for("the short retries to come back", DEADLINE, || async {
+        (broker.worker_queue_depth().await == 5).then_some(())
+    })
+    .await;
+
+    let long_queue = broker.names.retry_queue(long);
+    assert_eq!(queue_depth(&broker, &long_queue).await, 5, "one copy each");
+    let short_queue = broker.names.retry_queue(short);
+    assert_eq!(queue_depth(&broker, &short_queue).await, 0);
+    let mut back = Vec::new();
+    while let Some(message) = broker.take(&broker.names.worker_queue).await {
+        assert_eq!(message.routing_key, "user.deleted");
+        assert_eq!(message.type_header.as_deref(), Some("user.deleted"));
+        assert_eq!(message.body, body);
+        assert_eq!(message.header(HEADER_RETRY_ATTEMPTS).as_deref(), Some("2"));
+        back.push(message.message_id.unwrap());
+    }
+    back.sort();
+    let mut expected: Vec<String> = ids.iter().step_by(2).cloned().collect();
+    expected.sort();
+    assert_eq!(back, expected);
 }

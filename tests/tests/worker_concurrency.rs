@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use e2e::{
     broker::TestBroker,
+    commands::queue_depth,
     db::TestDb,
-    deliveries::{new_id, user_deleted, user_event},
+    deliveries::{new_id, new_secret, user_created, user_deleted, user_event, Delivery},
     process::Service,
     wait_for,
     worker::{deliver, finished_events, publish, wait_processed, wait_started, TestWorker},
 };
+use reqwest::StatusCode;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -150,4 +152,156 @@ async fn sigterm_in_the_middle_of_a_burst_loses_nothing_and_exits_zero() {
         .await
         .unwrap();
     assert_eq!(attempts, 300, "nothing applied twice");
+}
+
+/// The failing events' rows: (svix id, status, attempts, processed).
+async fn failing_rows(db: &TestDb, ids: &[String]) -> Vec<(String, String, i32, bool)> {
+    sqlx::query_as(
+        "SELECT webhook_id, status, attempts, processed_at IS NOT NULL FROM webhook_events \
+         WHERE webhook_id = ANY($1) ORDER BY webhook_id",
+    )
+    .bind(ids)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_events_wait_in_delay_queues_so_300_healthy_ones_behind_them_are_processed_meanwhile(
+) {
+    const MAX_ATTEMPTS: i32 = 10;
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    // Inserting these users fails until the trigger is dropped: a raised
+    // exception is a transient failure, counted and retried.
+    sqlx::raw_sql(
+        "CREATE FUNCTION fail_some_users() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+             IF NEW.id LIKE 'user_failing_%' THEN RAISE EXCEPTION 'injected failure'; END IF; \
+             RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER fail_some_users BEFORE INSERT ON users \
+             FOR EACH ROW EXECUTE FUNCTION fail_some_users()",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let secret = new_secret();
+    let database_url = db.url(None);
+    let (_ingress, addr, _) = Service::ingress_run(&database_url, &broker.prefix, &secret, &[]);
+    let max_attempts = MAX_ATTEMPTS.to_string();
+    // The binary's own retry delays (1 s doubling up to 30 s): ten attempts
+    // take a failing event at least 75 s, far more than the scenario needs.
+    let mut worker = Service::worker_run(
+        &database_url,
+        &broker.prefix,
+        &[
+            ("WORKER_CONCURRENCY", "4"),
+            ("WORKER_MAX_ATTEMPTS", max_attempts.as_str()),
+        ],
+    );
+    worker.wait_for_line("consuming", DEADLINE);
+    let ready: serde_json::Value =
+        serde_json::from_str(&worker.wait_for_line("worker ready", DEADLINE)).unwrap();
+    let metrics_url = format!("http://{}/metrics", ready["ops_addr"].as_str().unwrap());
+    let send = |body: Vec<u8>| {
+        let delivery = Delivery::signed(&secret, body);
+        let addr = addr.clone();
+        async move {
+            assert_eq!(delivery.post_to(&addr).await, StatusCode::OK);
+            delivery.id
+        }
+    };
+    let mut failing = Vec::new();
+    for i in 0..8 {
+        failing.push(send(user_created(&format!("user_failing_{i}"))).await);
+    }
+    failing.sort();
+
+    // Twice the worker's four slots have failed at least once: none of them
+    // keeps a slot while it waits for its retry.
+    wait_for("every failing event to fail once", DEADLINE, || async {
+        let rows = failing_rows(&db, &failing).await;
+        rows.iter()
+            .all(|(_, status, attempts, _)| status == "failed" && *attempts >= 1)
+            .then_some(())
+    })
+    .await;
+    for i in 0..300 {
+        send(user_created(&format!("user_healthy_{i}"))).await;
+    }
+    wait_processed(&db, 300, DEADLINE).await;
+
+    for (id, status, attempts, processed) in failing_rows(&db, &failing).await {
+        assert_eq!(status, "failed", "{id} is still retrying");
+        assert!(
+            (1..MAX_ATTEMPTS).contains(&attempts),
+            "{id}: {attempts} attempts"
+        );
+        assert!(!processed, "{id}");
+    }
+    assert_eq!(
+        queue_depth(&broker, &broker.names.dead_letter_queue).await,
+        0
+    );
+    wait_for(
+        "the gauge to count the 8 awaiting a retry",
+        DEADLINE,
+        || async {
+            let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
+            text.lines()
+                .any(|line| line == "clerk_worker_events_awaiting_retry 8")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // The fault is repaired: each failing event succeeds at its next retry.
+    sqlx::query("DROP TRIGGER fail_some_users ON users")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_processed(&db, 308, Duration::from_secs(90)).await;
+    let delay_queues: Vec<String> = worker::config::Settings::default_retry_policy()
+        .steps()
+        .into_iter()
+        .map(|step| broker.names.retry_queue(step))
+        .collect();
+    wait_for("no copy left in any queue", DEADLINE, || async {
+        let mut left = queue_depth(&broker, &broker.names.worker_queue).await;
+        for queue in &delay_queues {
+            left += queue_depth(&broker, queue).await;
+        }
+        (left == 0).then_some(())
+    })
+    .await;
+    worker.terminate();
+    let (status, stderr) = worker.wait_exit(DEADLINE);
+    assert!(status.success(), "exit status {status:?}\n{stderr}");
+
+    for (id, status, attempts, processed) in failing_rows(&db, &failing).await {
+        assert_eq!(status, "processed", "{id}");
+        assert!(processed, "{id}");
+        assert!(
+            (2..=MAX_ATTEMPTS).contains(&attempts),
+            "{id}: failed, then applied by one more attempt: {attempts}"
+        );
+    }
+    assert_eq!(
+        queue_depth(&broker, &broker.names.dead_letter_queue).await,
+        0
+    );
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 308, "each event applied once");
+    let healthy_attempts: i64 = sqlx::query_scalar(
+        "SELECT sum(attempts) FROM webhook_events WHERE NOT (webhook_id = ANY($1))",
+    )
+    .bind(&failing)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(healthy_attempts, 300, "each healthy event took one attempt");
 }

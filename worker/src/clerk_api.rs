@@ -270,7 +270,7 @@ where
             Err(error) => match error.retry_after() {
                 Some(hint) if made < attempts => {
                     let delay = hint
-                        .max(shared::backoff::jittered(base, MAX_RETRY_DELAY, made))
+                        .max(shared::backoff::RetryPolicy::new(base, MAX_RETRY_DELAY).delay(made))
                         .min(MAX_RETRY_DELAY);
                     tracing::warn!(error.message = %shared::error::Chain(&error), retry_in = ?delay, "Clerk call failed; retrying");
                     tokio::time::sleep(delay).await;

@@ -177,7 +177,8 @@ impl Syncer {
 
     fn backoff(&self, attempts: i32) -> Duration {
         let attempts = u32::try_from(attempts).unwrap_or(0);
-        shared::backoff::jittered(self.retry_base_delay, self.retry_max_delay, attempts)
+        shared::backoff::RetryPolicy::new(self.retry_base_delay, self.retry_max_delay)
+            .delay(attempts)
     }
 
     async fn reschedule(

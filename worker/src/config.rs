@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use shared::{
+    backoff::RetryPolicy,
     config::{AmqpConfig, DatabaseConfig, LogConfig},
     secret::Secret,
 };
@@ -101,6 +102,27 @@ pub struct Settings {
     pub clerk: Option<ClerkSettings>,
 }
 
+/// The first retry of a failing event waits up to this long; each further
+/// one twice as long as the one before, up to [`RETRY_MAX_DELAY`].
+pub const RETRY_BASE_DELAY: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts of an event, and between tries to
+/// reach the database or the broker again.
+pub const RETRY_MAX_DELAY: Duration = Duration::from_secs(30);
+
+impl Settings {
+    /// The retry policy of failing events, of the wait for the database and
+    /// of reconnections.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(self.retry_base_delay, self.retry_max_delay)
+    }
+
+    /// The policy of `worker run`: [`RETRY_BASE_DELAY`] doubling up to
+    /// [`RETRY_MAX_DELAY`].
+    pub fn default_retry_policy() -> RetryPolicy {
+        RetryPolicy::new(RETRY_BASE_DELAY, RETRY_MAX_DELAY)
+    }
+}
+
 /// Where and how to reach Clerk's Backend API.
 #[derive(Clone, Debug)]
 pub struct ClerkSettings {
@@ -190,8 +212,8 @@ impl Config {
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
             database_patience: self.database.patience(),
-            retry_base_delay: Duration::from_secs(1),
-            retry_max_delay: Duration::from_secs(30),
+            retry_base_delay: RETRY_BASE_DELAY,
+            retry_max_delay: RETRY_MAX_DELAY,
             drain_timeout: Duration::from_secs(25),
             gauge_interval: Duration::from_secs(15),
             catalog,

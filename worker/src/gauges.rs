@@ -1,7 +1,7 @@
 //! Refreshes the gauges that live outside the process: the dead-letter queue's
 //! depth (from the broker), the Clerk sync backlog, the number of credit
-//! accounts with a zero balance and the age of the oldest event waiting to be
-//! applied (cheap queries on the database).
+//! accounts with a zero balance, the age of the oldest event waiting to be
+//! applied and the events waiting for a retry (cheap queries on the database).
 
 use std::{sync::Arc, time::Duration};
 
@@ -59,14 +59,16 @@ impl Gauges {
         }
         // A stall: events the broker has but no worker applies (the partial
         // index webhook_events_unprocessed makes this a short index scan).
-        let stalled: Result<f64, _> = sqlx::query_scalar(
-            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(published_at)), 0)::float8 \
+        let stalled: Result<(f64, i64), _> = sqlx::query_as(
+            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(published_at)), 0)::float8, \
+                    count(*) FILTER (WHERE status = 'failed') \
              FROM webhook_events WHERE processed_at IS NULL AND status IN ('published', 'failed')",
         )
         .fetch_one(&self.pool)
         .await;
-        if let Ok(age) = stalled {
+        if let Ok((age, failed)) = stalled {
             self.metrics.oldest_unprocessed.set(age);
+            self.metrics.awaiting_retry.set(failed);
         }
     }
 

@@ -35,7 +35,10 @@ use lapin::{
     types::FieldTable,
     Connection,
 };
-use shared::amqp::{self, AmqpError, Names, Publisher};
+use shared::{
+    amqp::{self, AmqpError, Names, Publisher},
+    backoff::RetryPolicy,
+};
 use sqlx::PgPool;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -104,6 +107,7 @@ impl Worker {
                 source,
             })?;
         amqp::declare_topology(&channel, &names).await?;
+        declare_retry_queues(&channel, &names, &settings).await?;
         let _ = channel.close(200, "topology declared".into()).await;
         Ok(Self {
             settings,
@@ -235,8 +239,7 @@ impl Worker {
             catalog: self.catalog.clone(),
             sync_wakeup: self.sync_wakeup.clone(),
             max_attempts: self.settings.max_attempts,
-            retry_base_delay: self.settings.retry_base_delay,
-            retry_max_delay: self.settings.retry_max_delay,
+            retry: self.settings.retry_policy(),
             shutdown: shutdown.clone(),
         })
     }
@@ -280,6 +283,7 @@ impl Worker {
             .await
             .map_err(protocol("channel.open"))?;
         amqp::declare_topology(&channel, &self.names).await?;
+        declare_retry_queues(&channel, &self.names, &self.settings).await?;
         channel
             .basic_qos(self.settings.concurrency, BasicQosOptions::default())
             .await
@@ -363,14 +367,24 @@ async fn drain(tasks: &mut JoinSet<()>, timeout: Duration) {
     }
 }
 
-fn reconnect_backoff(settings: &Settings) -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder as _;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(settings.retry_max_delay)
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// Declares the delay queue of every step a failing event can wait in: the
+/// steps after attempts 1 to `max_attempts - 1` (the last attempt goes to the
+/// dead-letter queue).
+async fn declare_retry_queues(
+    channel: &lapin::Channel,
+    names: &Names,
+    settings: &Settings,
+) -> Result<(), AmqpError> {
+    let policy = settings.retry_policy();
+    let mut steps: Vec<Duration> = (1..settings.max_attempts)
+        .map(|attempt| policy.step(attempt))
+        .collect();
+    steps.dedup();
+    amqp::retry::declare_retry_topology(channel, names, &steps).await
+}
+
+fn reconnect_backoff(settings: &Settings) -> shared::backoff::Delays {
+    settings.retry_policy().delays()
 }
 
 async fn connect_with_patience(
@@ -380,12 +394,10 @@ async fn connect_with_patience(
     use backon::Retryable as _;
     let connect = || amqp::connect(&settings.amqp_url, "clerk-worker");
     let retried = connect
-        .retry(
-            backon::ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(2))
-                .without_max_times(),
-        )
+        .retry(RetryPolicy::new(
+            Duration::from_millis(200),
+            Duration::from_secs(2),
+        ))
         // A URL that does not parse, or a certificate every node presents
         // and that does not verify, will not change by waiting.
         .when(|error| !error.is_permanent())

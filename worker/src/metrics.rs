@@ -49,6 +49,8 @@ pub struct Metrics {
     pub zero_balance_accounts: Gauge,
     /// Age of the oldest event published but not applied (dead ones aside).
     pub oldest_unprocessed: Gauge<f64, AtomicU64>,
+    /// Events that failed and wait in a delay queue for their next attempt.
+    pub awaiting_retry: Gauge,
 }
 
 impl Default for Metrics {
@@ -122,6 +124,12 @@ impl Default for Metrics {
             "Age of the oldest event published to the broker but not yet applied, dead ones aside (0 when none)",
             oldest_unprocessed.clone(),
         );
+        let awaiting_retry = Gauge::default();
+        registry.register(
+            "clerk_worker_events_awaiting_retry",
+            "Events that failed and wait in a delay queue for their next attempt",
+            awaiting_retry.clone(),
+        );
         // The handled types' series exist from the start, at 0, so the first
         // increment after a restart is visible to rate() and increase().
         for event_type in shared::event::HANDLED_EVENT_TYPES {
@@ -160,6 +168,7 @@ impl Default for Metrics {
             clerk_sync_oldest_pending,
             zero_balance_accounts,
             oldest_unprocessed,
+            awaiting_retry,
         }
     }
 }

@@ -6,12 +6,18 @@
 //! Anything else was published straight to the exchange by someone holding
 //! the broker's password, and is dead-lettered untouched ([`Refusal`]).
 //!
-//! Failures are decided in one place, [`classify`]: a malformed payload is
-//! dead-lettered at once; a database error is retried with exponential
-//! backoff and jitter up to `max_attempts`, then dead-lettered; PostgreSQL
-//! being unreachable is an outage, not a failure of the event: the delivery
-//! stays unacked, nothing is counted, and the attempt is repeated once the
-//! database answers.
+//! Every attempt ends in a [`Decision`] ([`decision`]): ack; retry later,
+//! which publishes a copy into a delay queue and acks the delivery, so a
+//! failing event never holds a prefetch slot while it waits
+//! ([`shared::amqp::retry`]); dead-letter; wait for the database; requeue.
+//! PostgreSQL being unreachable is an outage, not a failure of the event: the
+//! delivery waits here, unacked, nothing is counted, and the attempt is
+//! repeated once the database answers. Waiting here (not in a delay queue) is
+//! deliberate: every delivery fails alike during an outage, so the worker's
+//! slots fill and it stops taking deliveries, which stay in the worker queue
+//! instead of cycling through delay queues while nothing can be applied.
+
+pub mod decision;
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,16 +26,20 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions},
 };
 use serde_json::Value;
-use shared::amqp::{DeadLetter, OutgoingEvent, Publisher};
+use shared::amqp::{retry::Retry, DeadLetter, OutgoingEvent, Publisher};
+use shared::backoff::{Delays, RetryPolicy};
 use shared::event_status::{self, FailedAttempt, Recorded, Status, PUBLISHED_BODY};
 use sqlx::{types::Json, PgPool};
 use tokio_util::sync::CancellationToken;
+
+pub use decision::{classify, Decision, Done, Failure};
 
 use crate::{
     credits::Catalog,
     handlers::{self, Applied, Event, HandlerError},
     metrics::Metrics,
 };
+use decision::Counted;
 
 /// What a delivery task needs.
 pub struct Context {
@@ -40,54 +50,12 @@ pub struct Context {
     /// Woken after a commit, so a balance change reaches Clerk promptly.
     pub sync_wakeup: Arc<tokio::sync::Notify>,
     pub max_attempts: u32,
-    pub retry_base_delay: Duration,
-    pub retry_max_delay: Duration,
-    /// Cancelled on shutdown: a delivery waiting to retry gives up its turn
-    /// and goes back to the queue.
+    /// Delays between attempts of a failing event, and between tries while
+    /// the database is unavailable.
+    pub retry: RetryPolicy,
+    /// Cancelled on shutdown: a delivery waiting for the database gives up
+    /// its turn and goes back to the queue.
     pub shutdown: CancellationToken,
-}
-
-/// How a failure is treated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    /// Retrying cannot help: dead-letter now.
-    Permanent,
-    /// Count an attempt and retry after a backoff.
-    Transient,
-    /// The database is unreachable: nothing is counted, retry when it is back.
-    Outage,
-}
-
-/// The one place that decides how an error is treated.
-pub fn classify(error: &HandlerError) -> Failure {
-    match error {
-        HandlerError::Malformed(_) => Failure::Permanent,
-        HandlerError::Database(e) => classify_database(e),
-    }
-}
-
-fn classify_database(error: &sqlx::Error) -> Failure {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => Failure::Outage,
-        sqlx::Error::Database(db) => match db.code().as_deref() {
-            // connection exceptions, the server shutting down, too many connections
-            Some(code)
-                if code.starts_with("08")
-                    || matches!(code, "57P01" | "57P02" | "57P03" | "53300") =>
-            {
-                Failure::Outage
-            }
-            // data exceptions and integrity violations never go away by themselves
-            Some(code) if code.starts_with("22") || code.starts_with("23") => Failure::Permanent,
-            _ => Failure::Transient,
-        },
-        _ => Failure::Transient,
-    }
 }
 
 /// Why a message is refused without being applied: it is not the event the
@@ -143,8 +111,8 @@ enum Attempt {
     },
 }
 
-/// Handles one delivery to the end: acked, dead-lettered, or (on shutdown
-/// during a retry wait) returned to the queue.
+/// Handles one delivery to the end: acked (applied, a duplicate, or handed
+/// to a delay queue or the dead-letter queue), or returned to the queue.
 pub async fn handle(ctx: &Context, delivery: Delivery) {
     use tracing::Instrument as _;
     let span = tracing::info_span!(
@@ -158,8 +126,29 @@ pub async fn handle(ctx: &Context, delivery: Delivery) {
     handle_delivery(ctx, delivery).instrument(span).await;
 }
 
+/// One delivery and what is known of it.
+struct Current<'a> {
+    ctx: &'a Context,
+    delivery: Delivery,
+    webhook_id: String,
+    /// The routing key: the event type the metrics count it under.
+    type_hint: String,
+    started: std::time::Instant,
+    /// Waits while the database is unavailable.
+    outage_delays: Delays,
+}
+
+/// What follows a decision carried out.
+enum Flow {
+    /// Acked or returned to the queue: done with.
+    Finished,
+    /// Attempt it again (the database may be back).
+    TryAgain,
+    /// Another decision follows (a publish was not confirmed: requeue).
+    Then(Decision),
+}
+
 async fn handle_delivery(ctx: &Context, delivery: Delivery) {
-    let started = std::time::Instant::now();
     let Some(webhook_id) = delivery
         .properties
         .message_id()
@@ -168,122 +157,195 @@ async fn handle_delivery(ctx: &Context, delivery: Delivery) {
     else {
         let reason = "message has no message_id (svix-id)";
         tracing::error!(outcome = "dead_lettered", reason, "unidentifiable message");
-        dead_letter(ctx, &delivery, "", UNVERIFIED_TYPE, 0, reason).await;
+        if !dead_letter(ctx, &delivery, "", UNVERIFIED_TYPE, 0, reason).await {
+            requeue(&delivery).await;
+        }
         return;
     };
-    let type_hint = delivery.routing_key.to_string();
-    let mut outage_delays = outage_backoff(ctx);
-    // Failed attempts of this delivery, for a failure no row can count.
-    let mut failures_here = 0;
+    let mut current = Current {
+        ctx,
+        type_hint: delivery.routing_key.to_string(),
+        delivery,
+        webhook_id,
+        started: std::time::Instant::now(),
+        outage_delays: ctx.retry.delays(),
+    };
+    let mut decision = current.decide().await;
     loop {
-        let result = attempt(ctx, &webhook_id, &delivery).await;
-        match result {
+        decision = match current.carry_out(decision).await {
+            Flow::Finished => return,
+            Flow::TryAgain => current.decide().await,
+            Flow::Then(next) => next,
+        };
+    }
+}
+
+impl Current<'_> {
+    /// Makes one attempt and decides what follows; a failure is counted here.
+    async fn decide(&self) -> Decision {
+        let ctx = self.ctx;
+        match attempt(ctx, &self.webhook_id, &self.delivery).await {
             Ok(Attempt::Done {
                 applied,
                 received_at,
+            }) => Decision::Ack(Done::Applied {
+                applied,
+                received_at,
+            }),
+            Ok(Attempt::AlreadyProcessed) => Decision::Ack(Done::Duplicate),
+            Ok(Attempt::Refused(refusal)) => Decision::DeadLetter {
+                attempts: 0,
+                reason: refusal.to_string(),
+                verified: false,
+            },
+            Ok(Attempt::AlreadyDead {
+                attempts,
+                last_error,
+            }) => Decision::DeadLetter {
+                attempts,
+                reason: last_error,
+                verified: true,
+            },
+            Err(error) => {
+                let reason = shared::error::Chain(&error).to_string();
+                let failure = classify(&error);
+                if failure == Failure::Outage {
+                    return Decision::WaitForDatabase { reason };
+                }
+                let recorded =
+                    record_failure(ctx, &self.delivery, &self.webhook_id, &reason, failure).await;
+                let before = retry_attempts(&self.delivery);
+                decision::after_failure(
+                    failure,
+                    Counted::from_record(recorded, before),
+                    ctx.max_attempts,
+                    reason,
+                )
+            }
+        }
+    }
+
+    /// Carries a decision out: acks only once what must happen first (the
+    /// commit, a confirmed publish to a delay or to the dead-letter queue)
+    /// has happened.
+    async fn carry_out(&mut self, decision: Decision) -> Flow {
+        let ctx = self.ctx;
+        let (webhook_id, type_hint) = (self.webhook_id.as_str(), self.type_hint.as_str());
+        match decision {
+            Decision::Ack(Done::Applied {
+                applied,
+                received_at,
             }) => {
-                ack(&delivery).await;
+                ack(&self.delivery).await;
                 if applied == Applied::Processed {
                     ctx.sync_wakeup.notify_one();
                 }
-                ctx.metrics.event(&type_hint, applied.outcome());
+                ctx.metrics.event(type_hint, applied.outcome());
                 ctx.metrics.latency(
-                    &type_hint,
+                    type_hint,
                     (time::OffsetDateTime::now_utc() - received_at).as_seconds_f64(),
                 );
                 tracing::info!(
                     webhook_id,
                     event_type = %type_hint,
                     outcome = applied.outcome(),
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    elapsed_ms = self.started.elapsed().as_secs_f64() * 1000.0,
                     "event applied"
                 );
-                return;
             }
-            Ok(Attempt::AlreadyProcessed) => {
-                ack(&delivery).await;
-                ctx.metrics.event(&type_hint, "duplicate");
+            Decision::Ack(Done::Duplicate) => {
+                ack(&self.delivery).await;
+                ctx.metrics.event(type_hint, "duplicate");
                 tracing::info!(webhook_id, event_type = %type_hint, outcome = "duplicate", "event already processed");
-                return;
             }
-            Ok(Attempt::Refused(refusal)) => {
-                let reason = refusal.to_string();
-                tracing::error!(webhook_id, routing_key = %type_hint, reason, outcome = "dead_lettered",
-                    "message refused: not an event the ingress stored; nothing applied");
-                dead_letter(ctx, &delivery, &webhook_id, UNVERIFIED_TYPE, 0, &reason).await;
-                return;
+            Decision::RetryLater { attempts, reason } => {
+                if !self.retry_later(attempts, &reason).await {
+                    return Flow::Then(Decision::Requeue);
+                }
             }
-            Ok(Attempt::AlreadyDead {
+            Decision::DeadLetter {
                 attempts,
-                last_error,
-            }) => {
-                dead_letter(
-                    ctx,
-                    &delivery,
-                    &webhook_id,
-                    &type_hint,
-                    attempts,
-                    &last_error,
-                )
-                .await;
-                return;
+                reason,
+                verified,
+            } => {
+                let label = if verified { type_hint } else { UNVERIFIED_TYPE };
+                if verified {
+                    tracing::error!(webhook_id, event_type = %type_hint, attempts, error.message = %reason,
+                        outcome = "dead_lettered", "event failed for good");
+                } else {
+                    tracing::error!(webhook_id, routing_key = %type_hint, reason, outcome = "dead_lettered",
+                        "message refused: not an event the ingress stored; nothing applied");
+                }
+                if !dead_letter(ctx, &self.delivery, webhook_id, label, attempts, &reason).await {
+                    return Flow::Then(Decision::Requeue);
+                }
             }
-            Err(error) => match classify(&error) {
-                Failure::Outage => {
-                    let delay = outage_delays.next().unwrap_or(ctx.retry_max_delay);
-                    tracing::warn!(webhook_id, error.message = %shared::error::Chain(&error), retry_in = ?delay,
-                        "database unavailable; the event waits, unacked");
-                    if !wait(ctx, delay).await {
-                        requeue(&delivery).await;
-                        return;
-                    }
+            Decision::WaitForDatabase { reason } => {
+                let delay = self.outage_delays.next().unwrap_or(ctx.retry.max);
+                tracing::warn!(webhook_id, error.message = %reason, retry_in = ?delay,
+                    "database unavailable; the event waits, unacked");
+                if !wait(ctx, delay).await {
+                    return Flow::Then(Decision::Requeue);
                 }
-                failure => {
-                    let reason = shared::error::Chain(&error).to_string();
-                    failures_here += 1;
-                    let recorded = record_failure(ctx, &delivery, &webhook_id, &reason, failure);
-                    let attempts = match recorded.await {
-                        Ok(Recorded::Attempts(attempts)) => attempts,
-                        // Failed before the message was checked against the
-                        // store: count here, leave the row alone.
-                        Ok(Recorded::NotStored) => failures_here,
-                        Ok(Recorded::AlreadyProcessed) => {
-                            ack(&delivery).await;
-                            ctx.metrics.event(&type_hint, "duplicate");
-                            tracing::info!(webhook_id, event_type = %type_hint, outcome = "duplicate",
-                                "a copy of the event committed while this one failed");
-                            return;
-                        }
-                        Err(e) => {
-                            // Could not even count it: treat as an outage.
-                            let delay = outage_delays.next().unwrap_or(ctx.retry_max_delay);
-                            tracing::warn!(webhook_id, error.message = %shared::error::Chain(&e), retry_in = ?delay,
-                                "database unavailable while recording a failure");
-                            if !wait(ctx, delay).await {
-                                requeue(&delivery).await;
-                                return;
-                            }
-                            continue;
-                        }
-                    };
-                    if failure == Failure::Permanent || attempts >= ctx.max_attempts as i32 {
-                        tracing::error!(webhook_id, event_type = %type_hint, attempts, error.message = %reason,
-                            outcome = "dead_lettered", "event failed for good");
-                        dead_letter(ctx, &delivery, &webhook_id, &type_hint, attempts, &reason)
-                            .await;
-                        return;
-                    }
-                    let delay = retry_delay(ctx, attempts);
-                    ctx.metrics.retry(&type_hint);
-                    tracing::warn!(webhook_id, event_type = %type_hint, attempts, error.message = %reason,
-                        retry_in = ?delay, outcome = "retrying", "event failed; retrying");
-                    if !wait(ctx, delay).await {
-                        requeue(&delivery).await;
-                        return;
-                    }
-                }
-            },
+                return Flow::TryAgain;
+            }
+            Decision::Requeue => requeue(&self.delivery).await,
         }
+        Flow::Finished
+    }
+
+    /// Hands the event to the delay queue of its step and acks the delivery
+    /// once the broker confirmed the copy; if it did not, the delivery goes
+    /// back to the queue instead (tried again at once: nothing is lost).
+    /// Whether the broker confirmed it.
+    async fn retry_later(&self, attempts: i32, reason: &str) -> bool {
+        let ctx = self.ctx;
+        let (webhook_id, type_hint) = (self.webhook_id.as_str(), self.type_hint.as_str());
+        let attempt = u32::try_from(attempts).unwrap_or(1);
+        let step = ctx.retry.step(attempt);
+        let delay = ctx.retry.delay(attempt);
+        let traceparent = header(&self.delivery, shared::amqp::HEADER_TRACEPARENT);
+        let retry = Retry {
+            event: OutgoingEvent {
+                webhook_id,
+                event_type: self.delivery.routing_key.as_str(),
+                body: &self.delivery.data,
+                traceparent: traceparent.as_deref(),
+            },
+            attempts,
+            step,
+            delay,
+        };
+        match ctx.publisher.retry_later(&retry).await {
+            Ok(()) => {
+                ack(&self.delivery).await;
+                ctx.metrics.retry(type_hint);
+                tracing::warn!(webhook_id, event_type = %type_hint, attempts, error.message = %reason,
+                    retry_in = ?delay, outcome = "retrying", "event failed; retrying");
+                true
+            }
+            Err(error) => {
+                tracing::error!(webhook_id, attempts, error.message = %shared::error::Chain(&error),
+                    "could not hand the event to its delay queue; it goes back to the queue");
+                false
+            }
+        }
+    }
+}
+
+/// The failed attempts a retried message counts (its retry header), 0 for
+/// a first delivery.
+fn retry_attempts(delivery: &Delivery) -> i32 {
+    let Some(headers) = delivery.properties.headers().as_ref() else {
+        return 0;
+    };
+    match headers
+        .inner()
+        .get(shared::amqp::retry::HEADER_RETRY_ATTEMPTS)
+    {
+        Some(lapin::types::AMQPValue::LongInt(n)) => *n,
+        Some(lapin::types::AMQPValue::LongLongInt(n)) => i32::try_from(*n).unwrap_or(i32::MAX),
+        _ => 0,
     }
 }
 
@@ -389,8 +451,8 @@ async fn record_failure(
 }
 
 /// Publishes the message to the dead-letter exchange with its attempts and
-/// last error, and acks the original only once the broker confirmed.
-/// `type_label` is the event type the metrics count it under.
+/// last error, and acks the original only once the broker confirmed; whether
+/// it did. `type_label` is the event type the metrics count it under.
 async fn dead_letter(
     ctx: &Context,
     delivery: &Delivery,
@@ -398,7 +460,7 @@ async fn dead_letter(
     type_label: &str,
     attempts: i32,
     reason: &str,
-) {
+) -> bool {
     let traceparent = header(delivery, shared::amqp::HEADER_TRACEPARENT);
     let letter = DeadLetter {
         event: OutgoingEvent {
@@ -414,11 +476,12 @@ async fn dead_letter(
         Ok(()) => {
             ack(delivery).await;
             ctx.metrics.dead_lettered(type_label);
+            true
         }
         Err(error) => {
             tracing::error!(webhook_id, error.message = %shared::error::Chain(&error),
                 "could not dead-letter; the message goes back to the queue");
-            requeue(delivery).await;
+            false
         }
     }
 }
@@ -456,19 +519,4 @@ async fn wait(ctx: &Context, delay: Duration) -> bool {
         () = tokio::time::sleep(delay) => true,
         () = ctx.shutdown.cancelled() => false,
     }
-}
-
-fn retry_delay(ctx: &Context, attempts: i32) -> Duration {
-    let attempts = u32::try_from(attempts).unwrap_or(0);
-    shared::backoff::jittered(ctx.retry_base_delay, ctx.retry_max_delay, attempts)
-}
-
-fn outage_backoff(ctx: &Context) -> impl Iterator<Item = Duration> {
-    use backon::BackoffBuilder as _;
-    backon::ExponentialBuilder::default()
-        .with_min_delay(ctx.retry_base_delay.min(Duration::from_millis(500)))
-        .with_max_delay(ctx.retry_max_delay)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
