@@ -41,6 +41,15 @@ pub enum AdminError {
         /// Why.
         detail: String,
     },
+    /// A console form without its session's CSRF token, or sent from
+    /// another site.
+    #[error("forbidden: {detail}")]
+    Forbidden {
+        /// The stable machine code.
+        code: &'static str,
+        /// Why.
+        detail: String,
+    },
     /// A dependency the route needs is not configured.
     #[error("unavailable: {detail}")]
     Unavailable {
@@ -60,9 +69,12 @@ pub enum AdminError {
     Database(#[from] sqlx::Error),
 }
 
-impl IntoResponse for AdminError {
-    fn into_response(self) -> Response {
-        let (status, code, detail) = match &self {
+impl AdminError {
+    /// The answer's status, stable code and detail: the one mapping the API's
+    /// JSON errors and the console's error pages share. Logs what is not the
+    /// client's doing.
+    pub fn answer(&self) -> (StatusCode, &'static str, Option<String>) {
+        match self {
             AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             AdminError::BadRequest { code, detail } => {
                 (StatusCode::BAD_REQUEST, *code, Some(detail.clone()))
@@ -75,6 +87,9 @@ impl IntoResponse for AdminError {
                 *code,
                 Some(detail.clone()),
             ),
+            AdminError::Forbidden { code, detail } => {
+                (StatusCode::FORBIDDEN, *code, Some(detail.clone()))
+            }
             AdminError::Unavailable { code, detail } => {
                 (StatusCode::SERVICE_UNAVAILABLE, *code, Some(detail.clone()))
             }
@@ -90,7 +105,13 @@ impl IntoResponse for AdminError {
                 tracing::error!(error.message = %self, error.cause_chain = ?self, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
-        };
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, code, detail) = self.answer();
         let body = match detail {
             Some(detail) => serde_json::json!({"error": code, "detail": detail}),
             None => serde_json::json!({"error": code}),

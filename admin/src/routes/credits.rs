@@ -76,24 +76,32 @@ pub fn parse(body: &[u8]) -> Result<(Target, String), AdminError> {
         code: "malformed_body",
         detail: format!("expected {{\"set\"|\"add\": integer, \"reason\": text}}: {e}"),
     })?;
-    let target = match (body.set, body.add) {
-        (Some(n), None) => Target::Set(n),
-        (None, Some(n)) => Target::Add(n),
-        _ => {
-            return Err(AdminError::BadRequest {
-                code: "set_or_add",
-                detail: "exactly one of \"set\" and \"add\" is required".to_owned(),
-            })
-        }
-    };
-    let reason = body
-        .reason
-        .filter(|reason| !reason.trim().is_empty())
-        .ok_or_else(|| AdminError::BadRequest {
-            code: "missing_reason",
-            detail: "a non-empty \"reason\" is required".to_owned(),
-        })?;
-    Ok((target, reason))
+    body.validate()
+}
+
+impl CreditsBody {
+    /// What to do and why: exactly one of `set` and `add`, and a non-empty
+    /// reason (the API's body and the console's form alike).
+    pub fn validate(self) -> Result<(Target, String), AdminError> {
+        let target = match (self.set, self.add) {
+            (Some(n), None) => Target::Set(n),
+            (None, Some(n)) => Target::Add(n),
+            _ => {
+                return Err(AdminError::BadRequest {
+                    code: "set_or_add",
+                    detail: "exactly one of \"set\" and \"add\" is required".to_owned(),
+                })
+            }
+        };
+        let reason = self
+            .reason
+            .filter(|reason| !reason.trim().is_empty())
+            .ok_or_else(|| AdminError::BadRequest {
+                code: "missing_reason",
+                detail: "a non-empty \"reason\" is required".to_owned(),
+            })?;
+        Ok((target, reason))
+    }
 }
 
 /// Sets or changes a user's balance: ledger row `admin_adjustment`, audit
