@@ -39,7 +39,7 @@ struct Chromedriver {
 /// `name` on the `PATH`, or the path in the environment variable `env`.
 fn program(env: &str, name: &str) -> Option<PathBuf> {
     if let Some(path) = std::env::var_os(env) {
-        return Some(PathBuf::from(path));
+        return Some(PathBuf::from(path)).filter(|path| path.is_file());
     }
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(name))
