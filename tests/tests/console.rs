@@ -78,7 +78,8 @@ async fn signing_in_sets_a_strict_http_only_cookie_whose_hash_alone_is_stored() 
     let mut console = app.console();
 
     let signed_in = console.sign_in(&token).await;
-    let behind_https = console
+    let behind_https = app
+        .console()
         .post_from(
             console.origin(),
             "/admin/sign-in",

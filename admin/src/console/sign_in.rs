@@ -56,6 +56,10 @@ pub async fn submit(
             .map_err(|_| PageError::from(crate::error::AdminError::Unauthorized))?;
         return Ok((StatusCode::UNAUTHORIZED, Html(html)).into_response());
     };
+    // Signing in again replaces the session this browser had.
+    if let Some(previous) = super::session_id(&headers) {
+        sessions::close(&state.pool, &previous).await?;
+    }
     tracing::info!(actor = %opened.session.actor, "console sign-in");
     let max_age = i64::from(sessions::LIFETIME_HOURS) * 3600;
     let cookie = format!(
