@@ -64,6 +64,9 @@ pub enum AdminError {
     /// No token has that name.
     #[error("no token named {0}")]
     NoSuchToken(String),
+    /// A fault of the service itself (a console page that failed to render).
+    #[error("internal: {0}")]
+    Internal(String),
     /// PostgreSQL failed.
     #[error("database")]
     Database(#[from] sqlx::Error),
@@ -101,7 +104,10 @@ impl AdminError {
                     Some("a value of the request cannot be stored or compared".to_owned()),
                 )
             }
-            AdminError::TokenExists(_) | AdminError::NoSuchToken(_) | AdminError::Database(_) => {
+            AdminError::TokenExists(_)
+            | AdminError::NoSuchToken(_)
+            | AdminError::Internal(_)
+            | AdminError::Database(_) => {
                 tracing::error!(error.message = %self, error.cause_chain = ?self, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }

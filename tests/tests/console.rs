@@ -313,11 +313,13 @@ async fn console_errors_are_html_pages_with_the_right_status_and_untrusted_text_
         (console.get("/admin/events?since=yesterday").await, 400),
         (console.get("/admin/audit?limit=0").await, 400),
         (console.get("/admin/no-such-page").await, 404),
+        (console.get("/admin/jobs/not-a-job").await, 404),
         (adjust("five", "r").await, 400),
         (adjust("5", " ").await, 400),
         (adjust("-5", "take more than there is").await, 422),
     ];
     let event = console.get(&format!("/admin/events/{id}")).await;
+    let unknown_job = console.get("/admin/users/sync?job=not-a-job").await;
     let reason = "<b>bold</b> & \"quoted\"";
     let escaped = adjust("3", reason).await;
     let user = console.get(&format!("/admin/users/{USER}")).await;
@@ -327,6 +329,8 @@ async fn console_errors_are_html_pages_with_the_right_status_and_untrusted_text_
         let content_type = page.headers["content-type"].to_str().unwrap();
         assert!(content_type.starts_with("text/html"), "{content_type}");
     }
+    assert_eq!(unknown_job.status, StatusCode::OK);
+    assert!(unknown_job.body.contains("does not know that job"));
     assert_eq!(event.status, StatusCode::OK);
     assert_eq!(escaped.status, StatusCode::SEE_OTHER);
     assert!(!event.body.contains("<script>alert"), "{}", event.body);

@@ -18,13 +18,7 @@ pub fn render<T: Template>(template: &T) -> Result<Response, PageError> {
     template
         .render()
         .map(|html| Html(html).into_response())
-        .map_err(|error| {
-            tracing::error!(error.message = %error, "a console template failed to render");
-            PageError::from(AdminError::Unavailable {
-                code: "render_failed",
-                detail: "the page could not be rendered".to_owned(),
-            })
-        })
+        .map_err(|error| PageError(AdminError::Internal(format!("a template failed: {error}"))))
 }
 
 /// An error answered as an HTML page with the error's status.

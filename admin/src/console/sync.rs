@@ -21,6 +21,7 @@ struct SyncPage {
     session: Session,
     configured: bool,
     job: Option<Job>,
+    unknown_job: bool,
     state: &'static str,
     result: Vec<(String, String)>,
 }
@@ -60,9 +61,11 @@ pub async fn page(
                 .collect()
         })
         .unwrap_or_default();
+    let unknown_job = query.job.is_some() && job.is_none();
     render(&SyncPage {
         session,
         configured: state.clerk.is_some(),
+        unknown_job,
         job,
         state: state_name,
         result,
