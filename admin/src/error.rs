@@ -41,6 +41,15 @@ pub enum AdminError {
         /// Why.
         detail: String,
     },
+    /// A console form without its session's CSRF token, or sent from
+    /// another site.
+    #[error("forbidden: {detail}")]
+    Forbidden {
+        /// The stable machine code.
+        code: &'static str,
+        /// Why.
+        detail: String,
+    },
     /// A dependency the route needs is not configured.
     #[error("unavailable: {detail}")]
     Unavailable {
@@ -55,14 +64,20 @@ pub enum AdminError {
     /// No token has that name.
     #[error("no token named {0}")]
     NoSuchToken(String),
+    /// A fault of the service itself (a console page that failed to render).
+    #[error("internal: {0}")]
+    Internal(String),
     /// PostgreSQL failed.
     #[error("database")]
     Database(#[from] sqlx::Error),
 }
 
-impl IntoResponse for AdminError {
-    fn into_response(self) -> Response {
-        let (status, code, detail) = match &self {
+impl AdminError {
+    /// The answer's status, stable code and detail: the one mapping the API's
+    /// JSON errors and the console's error pages share. Logs what is not the
+    /// client's doing.
+    pub fn answer(&self) -> (StatusCode, &'static str, Option<String>) {
+        match self {
             AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", None),
             AdminError::BadRequest { code, detail } => {
                 (StatusCode::BAD_REQUEST, *code, Some(detail.clone()))
@@ -75,6 +90,9 @@ impl IntoResponse for AdminError {
                 *code,
                 Some(detail.clone()),
             ),
+            AdminError::Forbidden { code, detail } => {
+                (StatusCode::FORBIDDEN, *code, Some(detail.clone()))
+            }
             AdminError::Unavailable { code, detail } => {
                 (StatusCode::SERVICE_UNAVAILABLE, *code, Some(detail.clone()))
             }
@@ -86,11 +104,20 @@ impl IntoResponse for AdminError {
                     Some("a value of the request cannot be stored or compared".to_owned()),
                 )
             }
-            AdminError::TokenExists(_) | AdminError::NoSuchToken(_) | AdminError::Database(_) => {
+            AdminError::TokenExists(_)
+            | AdminError::NoSuchToken(_)
+            | AdminError::Internal(_)
+            | AdminError::Database(_) => {
                 tracing::error!(error.message = %shared::error::Chain(&self), "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
             }
-        };
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, code, detail) = self.answer();
         let body = match detail {
             Some(detail) => serde_json::json!({"error": code, "detail": detail}),
             None => serde_json::json!({"error": code}),

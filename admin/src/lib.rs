@@ -2,20 +2,24 @@
 //! operations of the worker's commands (`worker::credits::adjust`,
 //! `worker::sync_users`, …), each change audited with the token's name as the
 //! actor. `main.rs` parses the command line; [`Admin::build`] and
-//! [`Admin::run`] serve; [`tokens`] manages the API tokens.
+//! [`Admin::run`] serve; [`tokens`] manages the API tokens; [`console`] is
+//! the operators' web console over the same operations, signed in through
+//! [`sessions`].
 #![warn(missing_docs)]
 
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod jobs;
 pub mod queries;
 pub mod routes;
+pub mod sessions;
 pub mod tokens;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use axum::{middleware, routing::get, Router};
+use axum::{middleware, response::IntoResponse as _, routing::get, Router};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +40,8 @@ pub struct AppState {
     pub broker: broker::Broker,
 }
 
-/// The router: `/healthz` open, everything under `/api/admin` behind a token.
+/// The router: `/healthz` open, everything under `/api/admin` behind a
+/// token, the console's pages (`/`, `/admin/…`) behind a session cookie.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .merge(routes::credits::router())
@@ -54,11 +59,16 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api)
-        .fallback(|| async {
+        .merge(console::router(state.clone()))
+        .fallback(|uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/admin") {
+                return console::not_found(&uri);
+            }
             error::AdminError::NotFound {
                 code: "no_route",
                 detail: "no such route".to_owned(),
             }
+            .into_response()
         })
         .with_state(state)
 }

@@ -167,7 +167,8 @@ INSERT INTO clerk_grants VALUES
     ('admin',   'credit_plan_ends',      'SELECT, INSERT'),
     ('admin',   'clerk_sync_queue',      'SELECT, INSERT, UPDATE'),
     ('admin',   'admin_tokens',          'SELECT, INSERT, UPDATE'),
-    ('admin',   'admin_tokens_id_seq',   'USAGE');
+    ('admin',   'admin_tokens_id_seq',   'USAGE'),
+    ('admin',   'admin_sessions',        'SELECT, INSERT, UPDATE, DELETE');
 
 SELECT format('GRANT %s ON %s %I TO %I',
               g.privileges,

@@ -2,13 +2,15 @@
 //! prefix per test (both removed on drop, also when the test fails), a TCP
 //! proxy that can cut a dependency off, a real ingress on port 0, signed
 //! Clerk-shaped deliveries, restricted database roles and broker users, a
-//! certificate authority with a TLS endpoint, and a RabbitMQ cluster.
+//! certificate authority with a TLS endpoint, a RabbitMQ cluster, and the admin
+//! console through plain HTTP (its browser test drives headless Chromium).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod admin;
 pub mod broker;
 pub mod cluster;
 pub mod commands;
+pub mod console;
 pub mod db;
 pub mod deliveries;
 pub mod fake_clerk;

@@ -101,7 +101,21 @@ pub fn parse(bytes: &[u8]) -> Result<(Target, String), AdminError> {
         &["set", "add", "reason"],
         "{\"set\"|\"add\": integer, \"reason\": text}",
     )?;
-    let target = match (body.integer("set")?, body.integer("add")?) {
+    validate(
+        body.integer("set")?,
+        body.integer("add")?,
+        body.text("reason")?,
+    )
+}
+
+/// What to do and why: exactly one of `set` and `add`, and a reason that is
+/// not blank (the API's body and the console's form alike).
+pub fn validate(
+    set: Option<i64>,
+    add: Option<i64>,
+    reason: Option<String>,
+) -> Result<(Target, String), AdminError> {
+    let target = match (set, add) {
         (Some(n), None) => Target::Set(n),
         (None, Some(n)) => Target::Add(n),
         _ => {
@@ -111,8 +125,7 @@ pub fn parse(bytes: &[u8]) -> Result<(Target, String), AdminError> {
             })
         }
     };
-    let reason = body
-        .text("reason")?
+    let reason = reason
         .filter(|reason| is_meaningful(reason))
         .ok_or_else(|| AdminError::BadRequest {
             code: "missing_reason",

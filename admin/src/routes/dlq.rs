@@ -163,35 +163,40 @@ pub fn parse(bytes: &[u8]) -> Result<(Selection, bool), AdminError> {
         &["ids", "type", "all", "dry_run"],
         "{\"ids\": [...]}, {\"type\": \"...\"} or {\"all\": true}",
     )?;
+    let selection = select(body.texts("ids")?, body.text("type")?, body.boolean("all")?)?;
+    Ok((selection, body.boolean("dry_run")?.unwrap_or(false)))
+}
+
+/// The selection `ids`, `type` or `all` name, exactly one of them (the API's
+/// body and the console's form alike), or 400 `bad_selection`.
+pub fn select(
+    ids: Option<Vec<String>>,
+    event_type: Option<String>,
+    all: Option<bool>,
+) -> Result<Selection, AdminError> {
     let bad = |detail: &str| AdminError::BadRequest {
         code: "bad_selection",
         detail: detail.to_owned(),
     };
-    let given = ["ids", "type", "all"]
-        .iter()
-        .filter(|key| body.has(key))
-        .count();
-    if given != 1 {
-        return Err(bad(
+    match (ids, event_type, all) {
+        (Some(ids), None, None) => {
+            if ids.is_empty() || !ids.iter().all(|id| is_meaningful(id)) {
+                return Err(bad("\"ids\" must list at least one svix id"));
+            }
+            Ok(Selection::Ids(ids))
+        }
+        (None, Some(event_type), None) => {
+            if !is_meaningful(&event_type) {
+                return Err(bad("\"type\" must name an event type"));
+            }
+            Ok(Selection::Type(event_type))
+        }
+        (None, None, Some(true)) => Ok(Selection::All),
+        (None, None, Some(false)) => Err(bad("\"all\" must be true when given")),
+        _ => Err(bad(
             "exactly one of \"ids\", \"type\" and \"all\" is required",
-        ));
+        )),
     }
-    let selection = if let Some(ids) = body.texts("ids")? {
-        if ids.is_empty() || !ids.iter().all(|id| is_meaningful(id)) {
-            return Err(bad("\"ids\" must list at least one svix id"));
-        }
-        Selection::Ids(ids)
-    } else if let Some(event_type) = body.text("type")? {
-        if !is_meaningful(&event_type) {
-            return Err(bad("\"type\" must name an event type"));
-        }
-        Selection::Type(event_type)
-    } else if body.boolean("all")? == Some(true) {
-        Selection::All
-    } else {
-        return Err(bad("\"all\" must be true when given"));
-    };
-    Ok((selection, body.boolean("dry_run")?.unwrap_or(false)))
 }
 
 /// What a DLQ replay did.

@@ -41,6 +41,13 @@ pub async fn start_sync(
     State(state): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
 ) -> Result<(StatusCode, Json<JobStarted>), AdminError> {
+    let job_id = start(&state, &actor).await?;
+    Ok((StatusCode::ACCEPTED, Json(JobStarted { job_id })))
+}
+
+/// Starts `sync users` as a job run by `actor` and returns its id (also the
+/// console's sync button); 503 `clerk_not_configured` without the Backend API.
+pub async fn start(state: &AppState, actor: &str) -> Result<Uuid, AdminError> {
     let Some(clerk) = state.clerk.clone() else {
         return Err(AdminError::Unavailable {
             code: "clerk_not_configured",
@@ -52,14 +59,15 @@ pub async fn start_sync(
             code: "clerk_not_configured",
             detail: e.to_string(),
         })?;
-    let id = state.jobs.start("sync_users", &actor);
+    let id = state.jobs.start("sync_users", actor);
     let request = sync_users::SyncRequest {
         dry_run: false,
         page_size: sync_users::PAGE_SIZE,
         retry_base_delay: std::time::Duration::from_millis(500),
-        actor,
+        actor: actor.to_owned(),
     };
     let jobs = state.jobs.clone();
+    let state = state.clone();
     tokio::spawn(async move {
         let mut progress = JobProgress {
             jobs: jobs.clone(),
@@ -88,7 +96,7 @@ pub async fn start_sync(
             }
         });
     });
-    Ok((StatusCode::ACCEPTED, Json(JobStarted { job_id: id })))
+    Ok(id)
 }
 
 /// Records the sync's progress on its job.
