@@ -305,8 +305,8 @@ async fn console_errors_are_html_pages_with_the_right_status_and_untrusted_text_
     };
 
     let answers = [
-        (console.get("/admin/events/nul%00byte").await, 400),
-        (console.get("/admin/users/nul%00byte").await, 400),
+        (console.get("/admin/events/nul%00byte").await, 404),
+        (console.get("/admin/users/nul%00byte").await, 404),
         (console.get("/admin/users/user_nobody").await, 404),
         (console.get("/admin/events/msg_nothing").await, 404),
         (console.get("/admin/events?status=lost").await, 400),
