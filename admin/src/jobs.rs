@@ -60,10 +60,18 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    /// Registers a running job and returns its id.
-    pub fn start(&self, kind: &'static str, actor: &str) -> Uuid {
+    /// Registers a running job of `kind`, unless one is running already:
+    /// returns the id of the job that runs, and whether it is the new one.
+    pub fn start_unless_running(&self, kind: &'static str, actor: &str) -> (Uuid, bool) {
+        let mut jobs = self.lock();
+        if let Some(running) = jobs
+            .values()
+            .find(|job| job.kind == kind && job.state == JobState::Running)
+        {
+            return (running.id, false);
+        }
         let id = Uuid::new_v4();
-        self.lock().insert(
+        jobs.insert(
             id,
             Job {
                 id,
@@ -75,7 +83,7 @@ impl Jobs {
                 error: None,
             },
         );
-        id
+        (id, true)
     }
 
     /// The job, if this process knows it.
@@ -95,5 +103,25 @@ impl Jobs {
         self.jobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_start_while_one_runs_answers_the_running_job() {
+        let jobs = Jobs::default();
+        let (first, started_first) = jobs.start_unless_running("sync_users", "a");
+        let (again, started_again) = jobs.start_unless_running("sync_users", "b");
+        jobs.update(first, |job| job.state = JobState::Succeeded);
+        let (next, started_next) = jobs.start_unless_running("sync_users", "c");
+
+        assert!(started_first);
+        assert_eq!((again, started_again), (first, false));
+        assert!(started_next);
+        assert_ne!(next, first);
+        assert_eq!(jobs.get(next).map(|job| job.actor), Some("c".to_owned()));
     }
 }

@@ -80,6 +80,8 @@ async fn every_answer_of_the_admin_api_matches_its_openapi_document() {
         .args(["--checks", CHECKS])
         .args(["--max-examples", &examples])
         .args(["--workers", "2"])
+        // A hang guard, not a speed check: the suite runs beside this test.
+        .args(["--request-timeout", "60"])
         .args(["--no-color"])
         .current_dir(&dir)
         .stdin(Stdio::null())

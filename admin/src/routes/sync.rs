@@ -31,7 +31,7 @@ pub struct JobStarted {
     path = "/api/admin/users/sync",
     tag = "users",
     responses(
-        (status = 202, description = "Started", body = JobStarted),
+        (status = 202, description = "Started; or, while a sync runs, that job (one sync at a time)", body = JobStarted),
         (status = 401, description = "No live token", body = ErrorBody),
         (status = 503, description = "CLERK_SECRET_KEY is not set (`clerk_not_configured`)", body = ErrorBody),
     ),
@@ -46,7 +46,8 @@ pub async fn start_sync(
 }
 
 /// Starts `sync users` as a job run by `actor` and returns its id (also the
-/// console's sync button); 503 `clerk_not_configured` without the Backend API.
+/// console's sync button); while a sync runs, the id of that one.
+/// 503 `clerk_not_configured` without the Backend API.
 pub async fn start(state: &AppState, actor: &str) -> Result<Uuid, AdminError> {
     let Some(clerk) = state.clerk.clone() else {
         return Err(AdminError::Unavailable {
@@ -59,7 +60,11 @@ pub async fn start(state: &AppState, actor: &str) -> Result<Uuid, AdminError> {
             code: "clerk_not_configured",
             detail: e.to_string(),
         })?;
-    let id = state.jobs.start("sync_users", actor);
+    // One sync at a time: a second start while one runs answers its job.
+    let (id, started) = state.jobs.start_unless_running("sync_users", actor);
+    if !started {
+        return Ok(id);
+    }
     let request = sync_users::SyncRequest {
         dry_run: false,
         page_size: sync_users::PAGE_SIZE,
