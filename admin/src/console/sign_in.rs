@@ -5,7 +5,7 @@ use askama::Template;
 use axum::{
     extract::State,
     http::{header, HeaderMap, HeaderValue, StatusCode},
-    response::{Html, IntoResponse, Redirect, Response},
+    response::{IntoResponse, Redirect, Response},
 };
 use bytes::Bytes;
 
@@ -51,10 +51,9 @@ pub async fn submit(
         let page = SignInPage {
             error: Some("That token is unknown or revoked."),
         };
-        let html = page
-            .render()
-            .map_err(|_| PageError::from(crate::error::AdminError::Unauthorized))?;
-        return Ok((StatusCode::UNAUTHORIZED, Html(html)).into_response());
+        let mut refused = render(&page)?;
+        *refused.status_mut() = StatusCode::UNAUTHORIZED;
+        return Ok(refused);
     };
     // Signing in again replaces the session this browser had.
     if let Some(previous) = super::session_id(&headers) {

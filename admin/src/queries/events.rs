@@ -111,10 +111,10 @@ impl Cursor {
             detail: "cursor must be a next_cursor of a previous page".to_owned(),
         };
         let (micros, id) = value.split_once('_').ok_or_else(bad)?;
-        let micros: i128 = micros.parse().map_err(|_| bad())?;
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
         let id: i64 = id.parse().map_err(|_| bad())?;
-        let received_at =
-            OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| bad())?;
+        let received_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+            .map_err(|_| bad())?;
         Ok(Self { received_at, id })
     }
 }

@@ -223,13 +223,10 @@ pub async fn change(
     )
     .await
     .map_err(classify)?;
-    let (plan, pack): (i32, i32) = sqlx::query_as(
-        "SELECT plan_credits, pack_credits FROM credit_accounts WHERE owner_id = $1",
-    )
-    .bind(owner)
-    .fetch_one(&state.pool)
-    .await?;
-    Ok((adjusted.after, plan, pack))
+    let account = crate::queries::users::account(&state.pool, owner)
+        .await?
+        .ok_or_else(|| classify(AdjustError::UnknownUser(owner.to_owned())))?;
+    Ok((adjusted.after, account.plan_credits, account.pack_credits))
 }
 
 fn classify(error: AdjustError) -> AdminError {

@@ -121,7 +121,7 @@ pub enum Counted {
     Attempts(i32),
     /// A copy of the event committed meanwhile: the failure is moot.
     AlreadyProcessed,
-    /// The count could not be written: the database is unavailable (why).
+    /// The count could not be written because the database is unavailable (why).
     Unrecorded(String),
 }
 
@@ -133,7 +133,16 @@ impl Counted {
             Ok(Recorded::Attempts(attempts)) => Counted::Attempts(attempts),
             Ok(Recorded::NotStored) => Counted::Attempts(before.saturating_add(1)),
             Ok(Recorded::AlreadyProcessed) => Counted::AlreadyProcessed,
-            Err(error) => Counted::Unrecorded(format!("counting the failure: {error}")),
+            // Only an outage waits; any other failure to count falls back to
+            // the message's own count, so the event still ends in the DLQ.
+            Err(error) if classify_database(&error) == Failure::Outage => Counted::Unrecorded(
+                format!("counting the failure: {}", shared::error::Chain(&error)),
+            ),
+            Err(error) => {
+                tracing::warn!(error.message = %shared::error::Chain(&error),
+                    "the failure could not be counted on its row; the message counts it");
+                Counted::Attempts(before.saturating_add(1))
+            }
         }
     }
 }
@@ -328,5 +337,10 @@ mod tests {
             Counted::from_record(Err(sqlx::Error::PoolTimedOut), 0),
             Counted::Unrecorded(why) if why.starts_with("counting the failure: ")
         ));
+        assert_eq!(
+            Counted::from_record(Err(server("57014")), 3),
+            Counted::Attempts(4),
+            "a count refused for another reason than an outage falls back to the header"
+        );
     }
 }

@@ -48,6 +48,17 @@ pub struct SyncReport {
     pub plans_reconciled: u64,
 }
 
+impl SyncReport {
+    /// Local rows and Clerk metadata the run changed.
+    pub fn changed(&self) -> u64 {
+        self.created_users
+            + self.credits_refreshed
+            + self.deleted_users
+            + self.refreshed_users
+            + self.plans_reconciled
+    }
+}
+
 impl fmt::Display for SyncReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -155,19 +166,38 @@ pub async fn sync_users(
         progress,
         report: SyncReport::default(),
     };
-    let seen: HashSet<String> = users::page_through(&mut run).await?;
-    users::confirm_missing(&mut run, &seen).await?;
-    plans::reconcile(&mut run).await?;
-    if !request.dry_run {
-        crate::audit::record(
+    let outcome = async {
+        let seen: HashSet<String> = users::page_through(&mut run).await?;
+        users::confirm_missing(&mut run, &seen).await?;
+        plans::reconcile(&mut run).await
+    }
+    .await;
+    let report = run.report;
+    // One row for what changed, also when the run stopped part-way (its
+    // changes are committed as it goes); none for a dry run, or for a run
+    // that stopped before changing anything.
+    if !request.dry_run && (outcome.is_ok() || report.changed() > 0) {
+        let mut details = serde_json::to_value(report).unwrap_or_default();
+        if let Some(details) = details.as_object_mut() {
+            details.insert("completed".to_owned(), outcome.is_ok().into());
+        }
+        let audited = crate::audit::record(
             pool,
             &crate::audit::Action {
                 action_type: "sync_users",
                 actor: &request.actor,
-                details: serde_json::to_value(run.report).unwrap_or_default(),
+                details,
             },
         )
-        .await?;
+        .await;
+        match (&outcome, audited) {
+            (Ok(()), Err(error)) => return Err(error.into()),
+            (Err(_), Err(error)) => {
+                tracing::warn!(error.message = %shared::error::Chain(&error),
+                    "the stopped sync was not written to the audit log");
+            }
+            (_, Ok(())) => {}
+        }
     }
-    Ok(run.report)
+    outcome.map(|()| report)
 }
