@@ -27,17 +27,26 @@ pub struct BadParameter {
 
 /// Parses `limit`: 1 to [`MAX_LIMIT`], [`DEFAULT_LIMIT`] when absent.
 pub fn parse_limit(value: Option<&str>) -> Result<i64, BadParameter> {
+    parse_limit_within(value, DEFAULT_LIMIT, MAX_LIMIT)
+}
+
+/// Parses `limit`: 1 to `max`, `default` when absent.
+pub fn parse_limit_within(
+    value: Option<&str>,
+    default: i64,
+    max: i64,
+) -> Result<i64, BadParameter> {
     let Some(value) = value else {
-        return Ok(DEFAULT_LIMIT);
+        return Ok(default);
     };
     value
         .trim()
         .parse::<i64>()
         .ok()
-        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .filter(|limit| (1..=max).contains(limit))
         .ok_or_else(|| BadParameter {
             code: "bad_limit",
-            detail: format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+            detail: format!("limit must be an integer from 1 to {max}"),
         })
 }
 

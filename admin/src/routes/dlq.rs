@@ -28,6 +28,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/admin/dlq/replay", post(replay_dead_letters))
 }
 
+/// The most dead letters one list shows (as `worker dlq list --limit`).
+const MAX_LIST_LIMIT: u32 = 100_000;
+
 /// How many dead letters to show.
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -56,18 +59,13 @@ pub async fn list_dead_letters(
     Params(query): Params<DlqQuery>,
 ) -> Result<Json<Vec<DeadLetterInfo>>, AdminError> {
     super::refuse_empty(&[("limit", &query.limit)])?;
-    let limit = match query.limit.as_deref() {
-        None => dlq::DEFAULT_LIST_LIMIT,
-        Some(limit) => limit
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|limit| (1..=100_000).contains(limit))
-            .ok_or_else(|| AdminError::BadRequest {
-                code: "bad_limit",
-                detail: "limit must be an integer from 1 to 100000".to_owned(),
-            })?,
-    };
+    let limit = crate::queries::parse_limit_within(
+        query.limit.as_deref(),
+        dlq::DEFAULT_LIST_LIMIT.into(),
+        MAX_LIST_LIMIT.into(),
+    )?;
+    // At most MAX_LIST_LIMIT, so it fits.
+    let limit = u32::try_from(limit).unwrap_or(MAX_LIST_LIMIT);
     list(&state, limit).await.map(Json)
 }
 
