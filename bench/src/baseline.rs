@@ -15,7 +15,8 @@ use sqlx::{Connection as _, PgConnection};
 #[derive(Args, Debug)]
 pub(crate) struct BaselineArgs {
     /// A scratch database; the migrations are applied to it and pgbench
-    /// inserts into its (emptied) webhook_events table.
+    /// inserts into its (emptied) webhook_events table, as it was before the
+    /// split of the event from its state.
     #[arg(long)]
     pub(crate) database_url: String,
     /// pgbench clients (-c).
@@ -45,6 +46,10 @@ pub(crate) struct BaselineArgs {
 
 /// One row per transaction, the statement the ingress runs, with the body
 /// sent as a parameter twice (text for jsonb, and the raw bytes).
+/// The baseline's schema is the migrations older than this one (the split of
+/// the event from its state).
+const BASELINE_SCHEMA_BEFORE: i64 = 20261217000001;
+
 pub(crate) const PGBENCH_SCRIPT: &str = "\\set seq :seq + 1
 INSERT INTO webhook_events (webhook_id, event_type, payload, raw_body, traceparent)
 VALUES ('msg_' || :run || '_' || :client_id || '_' || :seq, 'user.created',
@@ -135,7 +140,20 @@ pub(crate) async fn baseline(args: BaselineArgs) -> anyhow::Result<bool> {
     let mut db = PgConnection::connect(&args.database_url)
         .await
         .context("cannot connect to the baseline database")?;
-    shared::db::MIGRATOR
+    // The same table in every run: `webhook_events` as it was before the
+    // event was split from its state (one wide row per event), so ratios stay
+    // comparable across versions of the services.
+    let before_split = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            shared::db::MIGRATOR
+                .iter()
+                .filter(|m| m.version < BASELINE_SCHEMA_BEFORE)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before_split
         .run(&mut db)
         .await
         .context("cannot apply the migrations to the baseline database")?;

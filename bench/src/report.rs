@@ -104,7 +104,7 @@ pub(crate) fn report(file: &Path) -> anyhow::Result<bool> {
             .map(|l| (num(l, "duration_s"), num(l, "warmup_s")));
         if let Some((d, w)) = first {
             push(format!(
-                "Ingress: keep-alive HTTP/1.1 connections sending distinct signed `user.created` deliveries ({} bytes) back to back for {} s after {} s of warm-up. Baseline: pgbench, one `INSERT … ON CONFLICT DO NOTHING RETURNING id` of the same payload into an empty `webhook_events` per transaction (`-M prepared`, `-j 2`), same durations.",
+                "Ingress: keep-alive HTTP/1.1 connections sending distinct signed `user.created` deliveries ({} bytes) back to back for {} s after {} s of warm-up. Baseline: pgbench, one `INSERT … ON CONFLICT DO NOTHING RETURNING id` of the same payload into an empty `webhook_events` table as it was before the event was split from its state (one wide row per event) per transaction (`-M prepared`, `-j 2`), same durations.",
                 of("load").first().and_then(|l| num(l, "body_bytes")).unwrap_or(0.0),
                 cell(d, 0),
                 cell(w, 0),

@@ -58,7 +58,19 @@ pub(crate) async fn settle(args: SettleArgs) -> anyhow::Result<bool> {
     };
     let relay_s = round(start.elapsed().as_secs_f64(), 2);
     if caught_up && args.reset {
-        sqlx::query("TRUNCATE webhook_events, users CASCADE")
+        // Services from before the split keep events in the webhook_events
+        // table; later ones in webhook_event_bodies (the view cannot be
+        // truncated).
+        let split: bool =
+            sqlx::query_scalar("SELECT to_regclass('webhook_event_bodies') IS NOT NULL")
+                .fetch_one(&mut db)
+                .await?;
+        let events = if split {
+            "webhook_event_bodies"
+        } else {
+            "webhook_events"
+        };
+        sqlx::query(&format!("TRUNCATE {events}, users CASCADE"))
             .execute(&mut db)
             .await
             .context("cannot empty the tables")?;

@@ -136,14 +136,15 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM :"ingress", :"worker";
 CREATE TEMPORARY TABLE clerk_grants (service text, object text, privileges text) ON COMMIT DROP;
 INSERT INTO clerk_grants VALUES
     ('ingress', '_sqlx_migrations',      'SELECT'),
-    ('ingress', 'webhook_events',        'SELECT, INSERT, UPDATE (published_at, status)'),
-    ('ingress', 'webhook_outbox',        'SELECT, INSERT, UPDATE, DELETE'),
+    ('ingress', 'webhook_event_bodies',  'SELECT, INSERT'),
+    ('ingress', 'webhook_event_states',  'SELECT, INSERT, UPDATE (published_at, status)'),
     ('ingress', 'webhook_events_id_seq', 'USAGE'),
 
     ('worker',  '_sqlx_migrations',      'SELECT'),
     ('worker',  'webhook_events',        'SELECT, INSERT, UPDATE, DELETE'),
+    ('worker',  'webhook_event_bodies',  'SELECT, UPDATE (subject), DELETE'),
+    ('worker',  'webhook_event_states',  'SELECT, UPDATE'),
     ('worker',  'webhook_events_id_seq', 'USAGE'),
-    ('worker',  'webhook_outbox',        'SELECT, DELETE'),
     ('worker',  'users',                 'SELECT, INSERT, UPDATE'),
     ('worker',  'memberships',           'SELECT, UPDATE'),
     ('worker',  'admin_actions',         'INSERT'),
@@ -155,8 +156,9 @@ INSERT INTO clerk_grants VALUES
     ('worker',  'clerk_sync_queue',      'SELECT, INSERT, UPDATE, DELETE'),
 
     ('admin',   '_sqlx_migrations',      'SELECT'),
-    ('admin',   'webhook_events',        'SELECT, UPDATE'),
-    ('admin',   'webhook_outbox',        'SELECT, DELETE'),
+    ('admin',   'webhook_events',        'SELECT'),
+    ('admin',   'webhook_event_bodies',  'SELECT'),
+    ('admin',   'webhook_event_states',  'SELECT, UPDATE'),
     ('admin',   'users',                 'SELECT, INSERT, UPDATE'),
     ('admin',   'memberships',           'SELECT, UPDATE'),
     ('admin',   'admin_actions',         'SELECT, INSERT'),

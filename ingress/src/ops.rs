@@ -90,7 +90,8 @@ pub async fn refresh_gauges(
         }
         let counted = sqlx::query_as::<_, (i64, f64)>(
             "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(e.received_at)), 0)::float8 \
-             FROM webhook_outbox o JOIN webhook_events e ON e.id = o.event_id",
+             FROM webhook_event_states s JOIN webhook_event_bodies e ON e.id = s.event_id \
+             WHERE s.published_at IS NULL",
         )
         .fetch_one(&pool)
         .await;

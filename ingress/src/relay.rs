@@ -1,18 +1,18 @@
 //! Publishes committed events that the broker has not confirmed yet.
 //!
-//! Every stored event goes through here: the request handler commits the row
-//! together with an entry in `webhook_outbox`, and wakes the relay. A pass
-//! claims the oldest outbox entries with `FOR UPDATE SKIP LOCKED` (so several
-//! ingress replicas never publish the same row at once), publishes their
-//! events, waits for the broker's confirms and, in the same transaction,
-//! removes the confirmed entries and sets `published_at`. Rows whose publish
-//! failed stay unpublished and are retried with exponential backoff; the relay
-//! also polls, so rows left by a replica that stopped are picked up too.
+//! Every stored event goes through here: the request handler commits the
+//! event with its state (`webhook_event_states`, no `published_at` yet) and
+//! wakes the relay. A pass claims the oldest unpublished states with
+//! `FOR UPDATE SKIP LOCKED` (so several ingress replicas never publish the
+//! same row at once), publishes their events, waits for the broker's confirms
+//! and, in the same transaction, sets `published_at` on the confirmed ones.
+//! Rows whose publish failed stay unpublished and are retried with
+//! exponential backoff; the relay also polls, so rows left by a replica that
+//! stopped are picked up too.
 
 use std::{sync::Arc, time::Duration};
 
 use lapin::Connection;
-use shared::event_status::PUBLISHED_BODY;
 use shared::{
     amqp::{self, AmqpError, Names, OutgoingEvent, Publisher},
     secret::Secret,
@@ -144,11 +144,7 @@ impl Relay {
     /// One batch: claim, publish, mark. Returns how many rows were published.
     async fn pass(&self, broker: &mut Option<Broker>) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<Pending> = sqlx::query_as(&format!(
-            "SELECT e.id, e.webhook_id, e.event_type, {PUBLISHED_BODY} AS raw_body, e.traceparent \
-                 FROM webhook_outbox o JOIN webhook_events e ON e.id = o.event_id \
-                 ORDER BY o.event_id LIMIT $1 FOR UPDATE OF o SKIP LOCKED"
-        ))
+        let rows: Vec<Pending> = sqlx::query_as(shared::event_status::UNPUBLISHED)
         .bind(BATCH_SIZE)
         .fetch_all(&mut *tx)
         .await?;

@@ -194,13 +194,13 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<String>, sql
     }
     let stored: Vec<String> = sqlx::query_scalar(
         "WITH stored AS (\
-             INSERT INTO webhook_events \
+             INSERT INTO webhook_event_bodies \
                  (webhook_id, event_type, payload, raw_body, traceparent, subject) \
              SELECT id, kind, text::jsonb, body, traceparent, subject \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[]) \
                   AS batch(id, kind, text, body, traceparent, subject) \
              ON CONFLICT (webhook_id) DO NOTHING RETURNING id, webhook_id), \
-         queued AS (INSERT INTO webhook_outbox (event_id) SELECT id FROM stored) \
+         state AS (INSERT INTO webhook_event_states (event_id) SELECT id FROM stored) \
          SELECT webhook_id FROM stored",
     )
     .bind(&ids)

@@ -294,11 +294,11 @@ async fn apply(connection: &mut PgConnection) -> Result<Vec<i64>, DbError> {
     if pending.is_empty() {
         return Ok(pending);
     }
-    // `run` with a borrowed connection trips "Acquire is not general enough"
-    // in spawned futures; sqlx offers `run_direct` for exactly this.
-    let error = match MIGRATOR.run_direct(&mut *connection).await {
+    let applied = stages(connection, &pending).await;
+    let error = match applied {
         Ok(()) => return Ok(pending),
-        Err(error) => error,
+        Err(StageError::Copy(error)) => return Err(DbError::Session(error)),
+        Err(StageError::Migrate(error)) => error,
     };
     let Some(refusal) = refusal(&error) else {
         return Err(error.into());
@@ -313,6 +313,71 @@ async fn apply(connection: &mut PgConnection) -> Result<Vec<i64>, DbError> {
         pending: still_pending,
         refusal,
     })
+}
+
+/// The contract step of the split of `webhook_events` into bodies and
+/// states: applied only after [`event_status::copy_states`] has copied the
+/// state of every row the expand step found.
+///
+/// [`event_status::copy_states`]: crate::event_status::copy_states
+pub const EVENT_STATE_CONTRACT: i64 = 20261217000002;
+
+/// How many times the contract step is tried when a long transaction keeps
+/// its lock out of reach (its `lock_timeout`).
+const LOCK_ATTEMPTS: u32 = 10;
+
+enum StageError {
+    Migrate(MigrateError),
+    Copy(sqlx::Error),
+}
+
+/// Applies what is pending in stages: the migrations before a contract
+/// step, then the copy that step needs (in short batches, while the services
+/// keep running), then the rest. A contract step that cannot take its lock in
+/// time is tried again.
+async fn stages(connection: &mut PgConnection, pending: &[i64]) -> Result<(), StageError> {
+    if pending.contains(&EVENT_STATE_CONTRACT) {
+        let before = Migrator {
+            migrations: std::borrow::Cow::Owned(
+                MIGRATOR
+                    .iter()
+                    .filter(|m| m.version < EVENT_STATE_CONTRACT)
+                    .cloned()
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        // `run` with a borrowed connection trips "Acquire is not general
+        // enough" in spawned futures; sqlx offers `run_direct` for this.
+        before
+            .run_direct(&mut *connection)
+            .await
+            .map_err(StageError::Migrate)?;
+        let copied = crate::event_status::copy_states(connection)
+            .await
+            .map_err(StageError::Copy)?;
+        tracing::info!(copied, "event states copied");
+    }
+    let mut attempt = 1;
+    loop {
+        match MIGRATOR.run_direct(&mut *connection).await {
+            Err(MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _))
+                if attempt < LOCK_ATTEMPTS && lock_not_available(&error) =>
+            {
+                tracing::warn!(attempt, "a migration could not take its lock in time; trying again");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            result => return result.map_err(StageError::Migrate),
+        }
+    }
+}
+
+fn lock_not_available(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "55P03")
 }
 
 /// The versions of [`MIGRATOR`] the database has not applied, read without

@@ -1,4 +1,6 @@
-//! `webhook_events.status` and every transition of it, in one place.
+//! The state of a stored event (`webhook_event_states`, read through the
+//! `webhook_events` view as its `status`, `published_at`, `processed_at`,
+//! `attempts` and `last_error`) and every transition of it, in one place.
 //!
 //! ```text
 //! received ──relay confirmed──▶ published ──handler committed──▶ processed | ignored
@@ -59,21 +61,31 @@ impl Status {
 }
 
 /// The bytes an event is published with: the exact signed body, or for an
-/// event the application inserted without one, its payload's text.
+/// event the application inserted without one, its payload's text. Reads the
+/// columns of `webhook_event_bodies` (or of the `webhook_events` view).
 pub const PUBLISHED_BODY: &str = "COALESCE(raw_body, convert_to(payload::text, 'UTF8'))";
 
-/// The events `prune` may delete: applied or ignored, received before `$1`.
+/// The events `prune` may delete: applied or ignored, received before `$1`
+/// (columns of the `webhook_events` view).
 pub const PRUNABLE: &str = "status IN ('processed', 'ignored') AND processed_at IS NOT NULL \
                             AND received_at < $1";
 
-/// The relay's broker confirmed these events (ids): out of the outbox,
-/// `published_at` set, `received` becomes `published`.
+/// The events the relay has to publish, oldest first: `$1` of them, locked
+/// (`FOR UPDATE SKIP LOCKED`, so relays share the work) until the caller's
+/// transaction ends, with what a publish needs.
+pub const UNPUBLISHED: &str = "SELECT b.id, b.webhook_id, b.event_type, \
+         COALESCE(b.raw_body, convert_to(b.payload::text, 'UTF8')) AS raw_body, b.traceparent \
+     FROM webhook_event_states s JOIN webhook_event_bodies b ON b.id = s.event_id \
+     WHERE s.published_at IS NULL \
+     ORDER BY s.event_id LIMIT $1 FOR UPDATE OF s SKIP LOCKED";
+
+/// The relay's broker confirmed these events (ids): `published_at` set,
+/// `received` becomes `published`.
 pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "WITH done AS (DELETE FROM webhook_outbox WHERE event_id = ANY($1) RETURNING event_id) \
-         UPDATE webhook_events SET published_at = now(), \
+        "UPDATE webhook_event_states SET published_at = now(), \
          status = CASE WHEN status = 'received' THEN 'published' ELSE status END \
-         WHERE id IN (SELECT event_id FROM done)",
+         WHERE event_id = ANY($1) AND published_at IS NULL",
     )
     .bind(ids)
     .execute(conn)
@@ -81,19 +93,63 @@ pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), 
     .map(|_| ())
 }
 
-/// A handler committed (`Processed`) or nobody handles the type (`Ignored`):
-/// in the handler's transaction.
-pub async fn mark_applied(
+/// The state of one stored event, locked for the caller's transaction, with
+/// what the consumer needs of its body.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Locked {
+    /// The row's id.
+    pub id: i64,
+    /// The stored type.
+    pub event_type: String,
+    /// The stored payload.
+    pub payload: sqlx::types::Json<serde_json::Value>,
+    /// Whether the stored bytes equal the message's.
+    pub genuine_body: bool,
+    /// When a handler committed, if one did.
+    pub processed_at: Option<time::OffsetDateTime>,
+    /// The status column.
+    pub status: String,
+    /// Attempts counted so far.
+    pub attempts: i32,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// When the ingress stored it.
+    pub received_at: time::OffsetDateTime,
+}
+
+/// Locks the state of the event `webhook_id` (not its body, which nobody
+/// writes) and compares its stored bytes with `body`.
+pub async fn lock(
     conn: &mut PgConnection,
     webhook_id: &str,
+    body: &[u8],
+) -> Result<Option<Locked>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT b.id, b.event_type, b.payload, \
+             COALESCE(b.raw_body, convert_to(b.payload::text, 'UTF8')) = $2 AS genuine_body, \
+             s.processed_at, s.status, s.attempts, s.last_error, b.received_at \
+         FROM webhook_event_bodies b JOIN webhook_event_states s ON s.event_id = b.id \
+         WHERE b.webhook_id = $1 FOR UPDATE OF s",
+    )
+    .bind(webhook_id)
+    .bind(body)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A handler committed (`Processed`) or nobody handles the type (`Ignored`):
+/// in the handler's transaction, on the row [`lock`] returned.
+pub async fn mark_applied(
+    conn: &mut PgConnection,
+    id: i64,
     status: Status,
 ) -> Result<(), sqlx::Error> {
     debug_assert!(matches!(status, Status::Processed | Status::Ignored));
     sqlx::query(
-        "UPDATE webhook_events SET status = $2, processed_at = now(), attempts = attempts + 1, \
-         last_error = NULL WHERE webhook_id = $1",
+        "UPDATE webhook_event_states SET status = $2, processed_at = now(), \
+         attempts = attempts + 1, last_error = NULL WHERE event_id = $1",
     )
-    .bind(webhook_id)
+    .bind(id)
     .bind(status.as_str())
     .execute(conn)
     .await
@@ -135,15 +191,17 @@ pub async fn record_failure(
     attempt: &FailedAttempt<'_>,
 ) -> Result<Recorded, sqlx::Error> {
     let (attempts, processed): (Option<i32>, bool) = sqlx::query_as(&format!(
-        "WITH failed AS (\
-             UPDATE webhook_events SET attempts = attempts + 1, last_error = $2, \
-             status = CASE WHEN $3 OR attempts + 1 >= $4 THEN 'dead' ELSE 'failed' END \
-             WHERE webhook_id = $1 AND processed_at IS NULL AND {PUBLISHED_BODY} = $5 AND event_type = $6 \
-             RETURNING attempts) \
+        "WITH stored AS (\
+             SELECT id FROM webhook_event_bodies \
+             WHERE webhook_id = $1 AND {PUBLISHED_BODY} = $5 AND event_type = $6), \
+         failed AS (\
+             UPDATE webhook_event_states AS s SET attempts = s.attempts + 1, last_error = $2, \
+             status = CASE WHEN $3 OR s.attempts + 1 >= $4 THEN 'dead' ELSE 'failed' END \
+             FROM stored WHERE s.event_id = stored.id AND s.processed_at IS NULL \
+             RETURNING s.attempts) \
          SELECT (SELECT attempts FROM failed), \
-                EXISTS (SELECT 1 FROM webhook_events \
-                        WHERE webhook_id = $1 AND processed_at IS NOT NULL \
-                          AND {PUBLISHED_BODY} = $5 AND event_type = $6)"
+                EXISTS (SELECT 1 FROM webhook_event_states s JOIN stored ON s.event_id = stored.id \
+                        WHERE s.processed_at IS NOT NULL)"
     ))
     .bind(attempt.webhook_id)
     .bind(attempt.reason)
@@ -167,8 +225,9 @@ pub async fn restart_replayed(
     webhook_ids: &[&str],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE webhook_events SET status = 'published', attempts = 0, last_error = NULL \
-         WHERE webhook_id = ANY($1) AND processed_at IS NULL",
+        "UPDATE webhook_event_states AS s SET status = 'published', attempts = 0, last_error = NULL \
+         FROM webhook_event_bodies b \
+         WHERE b.webhook_id = ANY($1) AND s.event_id = b.id AND s.processed_at IS NULL",
     )
     .bind(webhook_ids)
     .execute(conn)
@@ -176,27 +235,63 @@ pub async fn restart_replayed(
     .map(|_| ())
 }
 
-/// Stored events re-published from the archive (ids): out of the outbox, and
-/// an unapplied one is `published` again, a `dead` or `failed` one with its
-/// attempts and error cleared. Returns how many were dead or failed.
+/// Stored events re-published from the archive (ids): published now (the
+/// relay leaves them), and an unapplied one is `published` again, a `dead`
+/// or `failed` one with its attempts and error cleared. Returns how many were
+/// dead or failed.
 pub async fn restart_from_store(conn: &mut PgConnection, ids: &[i64]) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "WITH dequeued AS (DELETE FROM webhook_outbox WHERE event_id = ANY($1)), \
-         changed AS (\
-             UPDATE webhook_events AS w SET \
-                 status = CASE WHEN w.status IN ('dead', 'failed', 'received') \
-                               THEN 'published' ELSE w.status END, \
-                 attempts = CASE WHEN w.status IN ('dead', 'failed') THEN 0 ELSE w.attempts END, \
-                 last_error = CASE WHEN w.status IN ('dead', 'failed') THEN NULL ELSE w.last_error END, \
-                 published_at = COALESCE(w.published_at, now()) \
-             FROM webhook_events AS old \
-             WHERE w.id = ANY($1) AND w.processed_at IS NULL AND old.id = w.id \
+        "WITH changed AS (\
+             UPDATE webhook_event_states AS s SET \
+                 status = CASE WHEN s.status IN ('dead', 'failed', 'received') \
+                               THEN 'published' ELSE s.status END, \
+                 attempts = CASE WHEN s.status IN ('dead', 'failed') THEN 0 ELSE s.attempts END, \
+                 last_error = CASE WHEN s.status IN ('dead', 'failed') THEN NULL ELSE s.last_error END, \
+                 published_at = COALESCE(s.published_at, now()) \
+             FROM webhook_event_states AS old \
+             WHERE s.event_id = ANY($1) AND s.processed_at IS NULL AND old.event_id = s.event_id \
              RETURNING old.status) \
          SELECT count(*) FROM changed WHERE status IN ('dead', 'failed')",
     )
     .bind(ids)
     .fetch_one(conn)
     .await
+}
+
+/// Events copied per statement by [`copy_states`].
+pub const COPY_BATCH: i64 = 1000;
+
+/// The expand step of the split (migration `20261217000001`): copies the
+/// state of every row of the `webhook_events` table that has none in
+/// `webhook_event_states` yet, [`COPY_BATCH`] rows per statement, each its
+/// own short transaction, so the services writing meanwhile never wait for
+/// more than one batch. Rows they insert or change meanwhile are copied by
+/// the expand step's trigger, and a row it copied first is left alone.
+/// Returns how many states it copied.
+pub async fn copy_states(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let mut after = 0i64;
+    let mut copied = 0u64;
+    loop {
+        let (last, count): (Option<i64>, i64) = sqlx::query_as(
+            "WITH batch AS (\
+                 SELECT id, published_at, processed_at, status, attempts, last_error \
+                 FROM webhook_events WHERE id > $1 ORDER BY id LIMIT $2), \
+             copied AS (\
+                 INSERT INTO webhook_event_states \
+                     (event_id, published_at, processed_at, status, attempts, last_error) \
+                 SELECT * FROM batch ON CONFLICT (event_id) DO NOTHING RETURNING 1) \
+             SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM copied)",
+        )
+        .bind(after)
+        .bind(COPY_BATCH)
+        .fetch_one(&mut *conn)
+        .await?;
+        let Some(last) = last else {
+            return Ok(copied);
+        };
+        after = last;
+        copied += u64::try_from(count).unwrap_or(0);
+    }
 }
 
 #[cfg(test)]

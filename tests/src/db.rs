@@ -20,6 +20,24 @@ impl TestDb {
         db
     }
 
+    /// Creates `t_<uuid>` with the schema as it was before migration
+    /// `version`: the migrations older than it, applied.
+    pub async fn before(version: i64) -> Self {
+        let db = Self::empty().await;
+        let older = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(
+                shared::db::MIGRATOR
+                    .iter()
+                    .filter(|m| m.version < version)
+                    .cloned()
+                    .collect(),
+            ),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        older.run(&db.pool).await.expect("older migrations apply");
+        db
+    }
+
     /// Creates `t_<uuid>` without applying anything.
     pub async fn empty() -> Self {
         let admin_url = crate::postgres_admin_url();

@@ -1,4 +1,4 @@
-//! Fills `webhook_events.subject` for the events stored before the ingress
+//! Fills `webhook_event_bodies.subject` (`webhook_events.subject`) for the events stored before the ingress
 //! computed it, in small batches (each its own short statement), so the
 //! ingress's inserts never wait for it. Idempotent: concurrent runs (several
 //! workers starting) only repeat each other's reads.
@@ -16,7 +16,7 @@ pub async fn event_subjects(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let mut filled = 0u64;
     loop {
         let rows: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(
-            "SELECT id, event_type, payload FROM webhook_events \
+            "SELECT id, event_type, payload FROM webhook_event_bodies \
              WHERE subject IS NULL AND id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after)
@@ -38,7 +38,7 @@ pub async fn event_subjects(pool: &PgPool) -> Result<u64, sqlx::Error> {
             continue;
         }
         let updated = sqlx::query(
-            "UPDATE webhook_events AS e SET subject = b.subject \
+            "UPDATE webhook_event_bodies AS e SET subject = b.subject \
              FROM UNNEST($1::bigint[], $2::text[]) AS b(id, subject) \
              WHERE e.id = b.id AND e.subject IS NULL",
         )

@@ -58,11 +58,12 @@ impl Gauges {
             self.metrics.zero_balance_accounts.set(zero);
         }
         // A stall: events the broker has but no worker applies (the partial
-        // index webhook_events_unprocessed makes this a short index scan).
+        // index webhook_event_states_unprocessed makes this a short index scan).
         let stalled: Result<(f64, i64), _> = sqlx::query_as(
             "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(published_at)), 0)::float8, \
                     count(*) FILTER (WHERE status = 'failed') \
-             FROM webhook_events WHERE processed_at IS NULL AND status IN ('published', 'failed')",
+             FROM webhook_event_states \
+             WHERE processed_at IS NULL AND status IN ('published', 'failed')",
         )
         .fetch_one(&self.pool)
         .await;

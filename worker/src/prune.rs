@@ -167,9 +167,10 @@ pub async fn prune(
         });
     }
     let statement = format!(
-        "DELETE FROM webhook_events WHERE id IN (\
-             SELECT id FROM webhook_events WHERE {CANDIDATES} \
-             ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        "DELETE FROM webhook_event_bodies WHERE id IN (\
+             SELECT b.id FROM webhook_event_bodies b \
+             JOIN webhook_event_states s ON s.event_id = b.id WHERE {CANDIDATES} \
+             ORDER BY b.id LIMIT $2 FOR UPDATE OF s SKIP LOCKED)"
     );
     let batch_size = request.batch_size.max(1);
     let mut deleted = 0u64;

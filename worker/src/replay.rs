@@ -176,7 +176,7 @@ async fn replay_with(
         StoreSelection::Since { since, event_type } => (None, Some(*since), event_type.clone()),
     };
     // Events stored after the start are not chased: the ingress publishes them.
-    let last_id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM webhook_events")
+    let last_id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM webhook_event_bodies")
         .fetch_one(pool)
         .await?;
     let Some(last_id) = last_id else {
@@ -187,13 +187,14 @@ async fn replay_with(
     loop {
         let mut tx = pool.begin().await?;
         let rows: Vec<Stored> = sqlx::query_as(&format!(
-            "SELECT id, webhook_id, event_type, \
-             {PUBLISHED_BODY} AS raw_body, traceparent FROM webhook_events \
-             WHERE id > $1 AND id <= $2 \
-               AND ($3::text[] IS NULL OR webhook_id = ANY($3)) \
-               AND ($4::timestamptz IS NULL OR received_at >= $4) \
-               AND ($5::text IS NULL OR event_type = $5) \
-             ORDER BY id LIMIT $6 FOR UPDATE"
+            "SELECT b.id, b.webhook_id, b.event_type, \
+             {PUBLISHED_BODY} AS raw_body, b.traceparent \
+             FROM webhook_event_bodies b JOIN webhook_event_states s ON s.event_id = b.id \
+             WHERE b.id > $1 AND b.id <= $2 \
+               AND ($3::text[] IS NULL OR b.webhook_id = ANY($3)) \
+               AND ($4::timestamptz IS NULL OR b.received_at >= $4) \
+               AND ($5::text IS NULL OR b.event_type = $5) \
+             ORDER BY b.id LIMIT $6 FOR UPDATE OF s"
         ))
         .bind(after)
         .bind(last_id)

@@ -25,11 +25,10 @@ use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
 };
-use serde_json::Value;
 use shared::amqp::{retry::Retry, DeadLetter, OutgoingEvent, Publisher};
 use shared::backoff::{Delays, RetryPolicy};
-use shared::event_status::{self, FailedAttempt, Recorded, Status, PUBLISHED_BODY};
-use sqlx::{types::Json, PgPool};
+use shared::event_status::{self, FailedAttempt, Locked, Recorded, Status};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 pub use decision::{classify, Decision, Done, Failure};
@@ -80,20 +79,6 @@ pub enum Refusal {
 /// Metric label of the event type for messages refused or without an id:
 /// their routing key is whatever the publisher chose.
 const UNVERIFIED_TYPE: &str = "unverified";
-
-/// The stored event row, locked.
-#[derive(sqlx::FromRow)]
-struct Row {
-    event_type: String,
-    /// Whether the stored raw body is the delivered body, byte for byte.
-    genuine_body: bool,
-    payload: Json<Value>,
-    processed_at: Option<time::OffsetDateTime>,
-    status: String,
-    attempts: i32,
-    last_error: Option<String>,
-    received_at: time::OffsetDateTime,
-}
 
 enum Attempt {
     Done {
@@ -356,7 +341,7 @@ async fn attempt(
     delivery: &Delivery,
 ) -> Result<Attempt, HandlerError> {
     let mut tx = ctx.pool.begin().await?;
-    let row = lock_row(&mut tx, webhook_id, &delivery.data).await?;
+    let row = event_status::lock(&mut tx, webhook_id, &delivery.data).await?;
     // Before anything that counts an attempt or marks the row: a message the
     // ingress did not store changes nothing, its row included.
     let row = match verify(row, delivery.routing_key.as_str()) {
@@ -383,7 +368,7 @@ async fn attempt(
         payload: &row.payload.0,
     };
     let applied = handlers::apply(&mut tx, &event, &ctx.catalog).await?;
-    event_status::mark_applied(&mut tx, webhook_id, applied.status()).await?;
+    event_status::mark_applied(&mut tx, row.id, applied.status()).await?;
     tx.commit().await?;
     Ok(Attempt::Done {
         applied,
@@ -391,27 +376,10 @@ async fn attempt(
     })
 }
 
-/// Locks the row of `webhook_id` and compares its raw body with `body`.
-async fn lock_row(
-    tx: &mut sqlx::PgConnection,
-    webhook_id: &str,
-    body: &[u8],
-) -> Result<Option<Row>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT event_type, payload, {PUBLISHED_BODY} = $2 AS genuine_body, processed_at, \
-             status, attempts, last_error, received_at FROM webhook_events \
-             WHERE webhook_id = $1 FOR UPDATE"
-    ))
-    .bind(webhook_id)
-    .bind(body)
-    .fetch_optional(tx)
-    .await
-}
-
 /// Whether the message is the event the ingress stored: a row with its svix
 /// id, the same raw body, and the stored type as routing key (the ingress,
 /// its relay and every replay publish exactly that).
-fn verify(row: Option<Row>, routing_key: &str) -> Result<Row, Refusal> {
+fn verify(row: Option<Locked>, routing_key: &str) -> Result<Locked, Refusal> {
     let row = row.ok_or(Refusal::NotStored)?;
     if !row.genuine_body {
         return Err(Refusal::BodyDiffers);

@@ -288,8 +288,8 @@ async fn republish(
         .collect();
     let mut tx = pool.begin().await?;
     sqlx::query(
-        "SELECT 1 FROM webhook_events WHERE webhook_id = ANY($1) AND processed_at IS NULL \
-         ORDER BY id FOR UPDATE",
+        "SELECT 1 FROM webhook_event_bodies b JOIN webhook_event_states s ON s.event_id = b.id \
+         WHERE b.webhook_id = ANY($1) AND s.processed_at IS NULL ORDER BY b.id FOR UPDATE OF s",
     )
     .bind(&ids)
     .execute(&mut *tx)
