@@ -10,11 +10,15 @@
 -- This step only adds. It takes no lock that blocks the table's readers or
 -- writers for longer than creating an empty table does, and the services of
 -- the previous release keep working unchanged: a trigger copies every state
--- they write into the new table. `worker migrate` then copies the state of
+-- they write into the new table (and deletes it with its event). `worker migrate` then copies the state of
 -- the rows stored before, in batches of 1,000 (shared::event_status::
 -- copy_states), and only then applies the contract step.
+-- No foreign key: checking one would lock each event's row as its state is
+-- written (a write of its own), and the writers keep both in step anyway:
+-- the ingress inserts both in one statement, prune and the view's delete
+-- remove both.
 CREATE TABLE webhook_event_states (
-    event_id      bigint      PRIMARY KEY REFERENCES webhook_events (id) ON DELETE CASCADE,
+    event_id      bigint      PRIMARY KEY,
     published_at  timestamptz,
     processed_at  timestamptz,
     status        text        NOT NULL DEFAULT 'received'
@@ -37,6 +41,10 @@ CREATE INDEX webhook_event_states_unprocessed
 CREATE FUNCTION webhook_events_copy_state() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
+    IF TG_OP = 'DELETE' THEN
+        DELETE FROM webhook_event_states WHERE event_id = OLD.id;
+        RETURN NULL;
+    END IF;
     INSERT INTO webhook_event_states AS s
         (event_id, published_at, processed_at, status, attempts, last_error)
     VALUES (NEW.id, NEW.published_at, NEW.processed_at, NEW.status, NEW.attempts, NEW.last_error)
@@ -51,7 +59,7 @@ END
 $$;
 
 CREATE TRIGGER webhook_events_copy_state
-    AFTER INSERT OR UPDATE OF published_at, processed_at, status, attempts, last_error
+    AFTER INSERT OR DELETE OR UPDATE OF published_at, processed_at, status, attempts, last_error
     ON webhook_events
     FOR EACH ROW
     EXECUTE FUNCTION webhook_events_copy_state();

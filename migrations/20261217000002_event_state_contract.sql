@@ -15,8 +15,9 @@
 --                               operators read, insert into, update and
 --                               delete from as before.
 -- Should a long transaction hold the table, the lock is not waited for more
--- than five seconds (so nobody queues behind it); `worker migrate` tries again.
-SET LOCAL lock_timeout = '5s';
+-- than a second (the services' statements queue behind a waiting lock
+-- request); `worker migrate` gives way and tries again.
+SET LOCAL lock_timeout = '1s';
 
 INSERT INTO webhook_event_states (event_id, published_at, processed_at, status, attempts, last_error)
 SELECT e.id, e.published_at, e.processed_at, e.status, e.attempts, e.last_error
@@ -103,6 +104,7 @@ $$;
 CREATE FUNCTION webhook_events_delete() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 BEGIN
+    DELETE FROM webhook_event_states WHERE event_id = OLD.id;
     DELETE FROM webhook_event_bodies WHERE id = OLD.id;
     RETURN OLD;
 END

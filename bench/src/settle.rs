@@ -66,7 +66,7 @@ pub(crate) async fn settle(args: SettleArgs) -> anyhow::Result<bool> {
                 .fetch_one(&mut db)
                 .await?;
         let events = if split {
-            "webhook_event_bodies"
+            "webhook_event_bodies, webhook_event_states"
         } else {
             "webhook_events"
         };

@@ -143,7 +143,7 @@ INSERT INTO clerk_grants VALUES
     ('worker',  '_sqlx_migrations',      'SELECT'),
     ('worker',  'webhook_events',        'SELECT, INSERT, UPDATE, DELETE'),
     ('worker',  'webhook_event_bodies',  'SELECT, UPDATE (subject), DELETE'),
-    ('worker',  'webhook_event_states',  'SELECT, UPDATE'),
+    ('worker',  'webhook_event_states',  'SELECT, UPDATE, DELETE'),
     ('worker',  'webhook_events_id_seq', 'USAGE'),
     ('worker',  'users',                 'SELECT, INSERT, UPDATE'),
     ('worker',  'memberships',           'SELECT, UPDATE'),

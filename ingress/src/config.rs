@@ -110,7 +110,7 @@ pub struct Settings {
     pub relay_poll_interval: Duration,
     /// How long start-up waits for PostgreSQL before giving up.
     pub database_patience: Duration,
-    /// How often the outbox gauges of `/metrics` are refreshed.
+    /// How often the unpublished-event gauges of `/metrics` are refreshed.
     pub gauge_interval: Duration,
 }
 
@@ -147,7 +147,7 @@ impl Config {
 }
 
 impl Settings {
-    /// How often the outbox gauges are refreshed.
+    /// How often the unpublished-event gauges are refreshed.
     pub const DEFAULT_GAUGE_INTERVAL: Duration = Duration::from_secs(5);
     /// How often the relay polls when nobody woke it.
     pub const DEFAULT_RELAY_POLL_INTERVAL: Duration = Duration::from_secs(1);

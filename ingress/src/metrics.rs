@@ -124,7 +124,7 @@ impl Metrics {
         self.relay_failures.inc();
     }
 
-    /// The outbox as last counted: rows, and the oldest one's age in seconds.
+    /// The unpublished events as last counted: how many, and the oldest one's age in seconds.
     pub fn set_unpublished(&self, rows: i64, oldest_seconds: f64) {
         self.unpublished.set(rows);
         self.oldest_unpublished.set(oldest_seconds);

@@ -1,7 +1,7 @@
 //! The ingress's operations listener (`INGRESS_OPS_ADDR`, loopback by
 //! default): `/healthz`, `/readyz` and `/metrics`, kept off the public port.
 //!
-//! A scrape only renders what is in memory: the outbox gauges are refreshed
+//! A scrape only renders what is in memory: the unpublished-event gauges are refreshed
 //! by [`refresh_gauges`] in the background, so scraping never costs a query.
 
 use std::{sync::Arc, time::Duration};
@@ -73,7 +73,7 @@ async fn scrape(State(state): State<OpsState>) -> impl IntoResponse {
     )
 }
 
-/// Counts the outbox every `interval` until `stop`; a failed count keeps the
+/// Counts the unpublished events every `interval` until `stop`; a failed count keeps the
 /// last values.
 pub async fn refresh_gauges(
     pool: PgPool,
@@ -98,7 +98,7 @@ pub async fn refresh_gauges(
         match counted {
             Ok((rows, oldest)) => metrics.set_unpublished(rows, oldest),
             Err(error) => {
-                tracing::debug!(error.message = %shared::error::Chain(&error), "counting the outbox failed");
+                tracing::debug!(error.message = %shared::error::Chain(&error), "counting the unpublished events failed");
             }
         }
     }

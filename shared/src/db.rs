@@ -324,7 +324,7 @@ pub const EVENT_STATE_CONTRACT: i64 = 20261217000002;
 
 /// How many times the contract step is tried when a long transaction keeps
 /// its lock out of reach (its `lock_timeout`).
-const LOCK_ATTEMPTS: u32 = 10;
+const LOCK_ATTEMPTS: u32 = 30;
 
 enum StageError {
     Migrate(MigrateError),

@@ -330,7 +330,7 @@ async fn the_worker_role_and_user_are_enough_for_the_operators_commands() {
     assert_eq!(listed.last_line(), "[]");
     assert_eq!(pruned.last_line(), "deleted=1");
     assert_eq!(broker.worker_queue_depth().await, 1);
-    // The event's state went with its body (the cascade runs as the owner).
+    // The event's state went with its body.
     let states: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_event_states")
         .fetch_one(&db.pool)
         .await

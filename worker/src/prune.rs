@@ -167,10 +167,13 @@ pub async fn prune(
         });
     }
     let statement = format!(
-        "DELETE FROM webhook_event_bodies WHERE id IN (\
-             SELECT b.id FROM webhook_event_bodies b \
-             JOIN webhook_event_states s ON s.event_id = b.id WHERE {CANDIDATES} \
-             ORDER BY b.id LIMIT $2 FOR UPDATE OF s SKIP LOCKED)"
+        "WITH gone AS (\
+             DELETE FROM webhook_event_states WHERE event_id IN (\
+                 SELECT s.event_id FROM webhook_event_states s \
+                 JOIN webhook_event_bodies b ON b.id = s.event_id WHERE {CANDIDATES} \
+                 ORDER BY s.event_id LIMIT $2 FOR UPDATE OF s SKIP LOCKED) \
+             RETURNING event_id) \
+         DELETE FROM webhook_event_bodies WHERE id IN (SELECT event_id FROM gone)"
     );
     let batch_size = request.batch_size.max(1);
     let mut deleted = 0u64;
