@@ -26,7 +26,7 @@ use crate::{
 /// How long SIGTERM waits for requests in flight before the process stops.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Pool connections: request handlers plus the relay's one transaction.
+/// Pool connections: the store's writers, the relay's lanes and the gauges.
 const MAX_DB_CONNECTIONS: u32 = 16;
 
 /// What every request handler shares.

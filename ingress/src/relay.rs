@@ -26,6 +26,11 @@ use crate::metrics::Metrics;
 /// Rows claimed, published and marked in one transaction.
 pub const BATCH_SIZE: i64 = 256;
 
+/// Passes in flight at once: while one lane waits for the broker's confirms
+/// of its batch, the other claims and publishes the next (`SKIP LOCKED`
+/// keeps their batches apart).
+pub const LANES: usize = 2;
+
 /// After a pass that published something, how long the relay lets new rows
 /// gather before the next pass: the latency it adds is small next to the
 /// commits it saves when events keep coming.
@@ -73,7 +78,19 @@ fn backoff() -> shared::backoff::Delays {
 
 impl Relay {
     /// Runs until `stop` is cancelled, then makes one last bounded pass.
+    /// Runs [`LANES`] lanes until `stop`, then gives each one last pass.
     pub async fn run(self, stop: CancellationToken) {
+        let relay = Arc::new(self);
+        let mut lanes = tokio::task::JoinSet::new();
+        for _ in 0..LANES {
+            lanes.spawn(relay.clone().lane(stop.clone()));
+        }
+        while lanes.join_next().await.is_some() {}
+    }
+
+    /// One lane: claims, publishes and marks a batch at a time, with a broker
+    /// connection of its own.
+    async fn lane(self: Arc<Self>, stop: CancellationToken) {
         let mut broker: Option<Broker> = None;
         let mut delays = backoff();
         while !stop.is_cancelled() {
@@ -145,9 +162,9 @@ impl Relay {
     async fn pass(&self, broker: &mut Option<Broker>) -> Result<usize, RelayError> {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Pending> = sqlx::query_as(shared::event_status::UNPUBLISHED)
-        .bind(BATCH_SIZE)
-        .fetch_all(&mut *tx)
-        .await?;
+            .bind(BATCH_SIZE)
+            .fetch_all(&mut *tx)
+            .await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(0);

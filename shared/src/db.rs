@@ -364,7 +364,10 @@ async fn stages(connection: &mut PgConnection, pending: &[i64]) -> Result<(), St
             Err(MigrateError::Execute(error) | MigrateError::ExecuteMigration(error, _))
                 if attempt < LOCK_ATTEMPTS && lock_not_available(&error) =>
             {
-                tracing::warn!(attempt, "a migration could not take its lock in time; trying again");
+                tracing::warn!(
+                    attempt,
+                    "a migration could not take its lock in time; trying again"
+                );
                 attempt += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

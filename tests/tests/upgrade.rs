@@ -224,12 +224,11 @@ async fn a_million_events_are_split_while_the_previous_release_keeps_writing() {
 
     assert!(migrated.status.success(), "{migrated:?}");
     assert!(split(&db.pool).await);
-    let kind: String = sqlx::query_scalar(
-        "SELECT relkind::text FROM pg_class WHERE relname = 'webhook_events'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let kind: String =
+        sqlx::query_scalar("SELECT relkind::text FROM pg_class WHERE relname = 'webhook_events'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(kind, "v", "webhook_events is a view now");
     let outbox: bool = sqlx::query_scalar("SELECT to_regclass('webhook_outbox') IS NOT NULL")
         .fetch_one(&db.pool)
@@ -274,7 +273,13 @@ async fn a_million_events_are_split_while_the_previous_release_keeps_writing() {
         "SELECT count(*) FROM webhook_events WHERE webhook_id = ANY($1) \
          AND status = 'processed' AND processed_at IS NOT NULL AND published_at IS NOT NULL",
     )
-    .bind(written.new.iter().chain(&written.applied_old).collect::<Vec<_>>())
+    .bind(
+        written
+            .new
+            .iter()
+            .chain(&written.applied_old)
+            .collect::<Vec<_>>(),
+    )
     .fetch_one(&db.pool)
     .await
     .unwrap();
@@ -290,12 +295,11 @@ async fn a_million_events_are_split_while_the_previous_release_keeps_writing() {
     );
 
     // The new release publishes what the previous one's outbox still held.
-    let unpublished: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM webhook_event_states WHERE published_at IS NULL",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let unpublished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_event_states WHERE published_at IS NULL")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert!(unpublished >= EVENTS / 1000);
     let ingress = TestIngress::spawn(Endpoints {
         database_url: db.url(None),
@@ -308,12 +312,11 @@ async fn a_million_events_are_split_while_the_previous_release_keeps_writing() {
         .await;
     assert_eq!(messages.len() as i64, unpublished);
     wait_for("the relay to mark them published", DEADLINE, || async {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM webhook_events WHERE published_at IS NULL",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE published_at IS NULL")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         (left == 0).then_some(())
     })
     .await;
@@ -371,14 +374,16 @@ async fn the_contract_step_gives_way_to_a_long_transaction_and_completes_after_i
     let applied = migrating.await.unwrap().unwrap();
     assert!(applied.contains(&CONTRACT));
     assert!(split(&db.pool).await);
-    let stored: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT id, status FROM webhook_events ORDER BY id",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    let stored: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, status FROM webhook_events ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(
         stored,
-        vec![(first, "received".to_owned()), (during, "received".to_owned())]
+        vec![
+            (first, "received".to_owned()),
+            (during, "received".to_owned())
+        ]
     );
 }

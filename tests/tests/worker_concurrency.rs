@@ -305,3 +305,92 @@ async fn failing_events_wait_in_delay_queues_so_300_healthy_ones_behind_them_are
     .unwrap();
     assert_eq!(healthy_attempts, 300, "each healthy event took one attempt");
 }
+
+/// Deliveries that are ready together share one transaction, each in a
+/// savepoint of its own: an event that fails in the middle of a batch rolls
+/// back alone (it ends dead-lettered with its attempt counted), and the
+/// events of the same transaction commit, each applied exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_event_rolls_back_alone_and_the_events_of_its_transaction_commit() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    // Every user insert that commits logs its top-level transaction; the
+    // failing ones name theirs in the error they raise.
+    sqlx::raw_sql(
+        "CREATE TABLE applied_in (user_id text, tx bigint); \
+         CREATE FUNCTION log_or_fail() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+             IF NEW.id LIKE 'user_failing_%' THEN \
+                 RAISE EXCEPTION 'injected failure in transaction %', txid_current(); \
+             END IF; \
+             INSERT INTO applied_in VALUES (NEW.id, txid_current()); \
+             RETURN NEW; \
+         END $$; \
+         CREATE TRIGGER log_or_fail BEFORE INSERT ON users \
+             FOR EACH ROW EXECUTE FUNCTION log_or_fail()",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Queued before the worker starts, so its deliveries arrive together.
+    let events: Vec<(String, Vec<u8>)> = (0..120)
+        .map(|i| {
+            let user = if i % 10 == 5 {
+                format!("user_failing_{i}")
+            } else {
+                format!("user_healthy_{i}")
+            };
+            (new_id(), user_created(&user))
+        })
+        .collect();
+    deliver(&db, &broker, &events).await;
+    let mut settings = e2e::worker::settings(db.url(None), e2e::amqp_url(), broker.prefix.clone());
+    settings.max_attempts = 1;
+    let worker = TestWorker::spawn_with(settings).await;
+
+    wait_processed(&db, 108, DEADLINE).await;
+    wait_for("the 12 failing events to be dead", DEADLINE, || async {
+        let dead: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE status = 'dead'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        (dead == 12).then_some(())
+    })
+    .await;
+
+    // Each healthy user was inserted by exactly one committed transaction.
+    let (rows, users): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT user_id) FROM applied_in")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((rows, users), (108, 108));
+    // A transaction in which an event failed committed the others.
+    let shared: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_events e JOIN applied_in a \
+           ON a.tx = substring(e.last_error FROM 'in transaction ([0-9]+)')::bigint \
+         WHERE e.status = 'dead'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        shared > 0,
+        "no failing event shared its transaction with a committed one"
+    );
+    // Events share transactions: far fewer commits than events.
+    let transactions: i64 = sqlx::query_scalar("SELECT count(DISTINCT tx) FROM applied_in")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        transactions < 108,
+        "{transactions} transactions for 108 events"
+    );
+    assert_eq!(
+        queue_depth(&broker, &broker.names.dead_letter_queue).await,
+        12
+    );
+    worker.stop().await;
+}

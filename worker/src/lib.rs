@@ -234,6 +234,7 @@ impl Worker {
     fn context(&self, publisher: Publisher, shutdown: &CancellationToken) -> Arc<Context> {
         Arc::new(Context {
             pool: self.pool.clone(),
+            batches: consumer::batch::Batches::start(self.pool.clone(), self.catalog.clone()),
             publisher: Arc::new(publisher),
             metrics: self.metrics.clone(),
             catalog: self.catalog.clone(),

@@ -101,6 +101,19 @@ pub fn classify_database(error: &sqlx::Error) -> Failure {
     }
 }
 
+/// A deadlock (40P01) or a serialization failure (40001): the transaction
+/// lost a conflict with another one, which is no fault of the event. Such an
+/// attempt is made again at once (a few times) before it counts.
+pub fn lost_a_conflict(error: &HandlerError) -> bool {
+    match error {
+        HandlerError::Database(error) => error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "40P01" || code == "40001"),
+        HandlerError::Malformed(_) => false,
+    }
+}
+
 fn classify_sqlstate(code: Option<&str>) -> Failure {
     let Some(code) = code else {
         return Failure::Transient;

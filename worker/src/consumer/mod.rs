@@ -1,5 +1,7 @@
-//! One delivery, start to finish: lock the event row, skip it if it was
-//! already processed, run the handler, mark the row, commit, then ack.
+//! One delivery, start to finish: lock the event's state, skip it if it was
+//! already processed, run the handler, mark the state, commit, then ack. The
+//! deliveries that are ready at the same time share one transaction, each in
+//! a savepoint of its own ([`batch`]).
 //!
 //! Only events the ingress verified are applied: a message must match a
 //! stored row (same svix id, same raw body, routing key = stored type).
@@ -17,6 +19,7 @@
 //! slots fill and it stops taking deliveries, which stay in the worker queue
 //! instead of cycling through delay queues while nothing can be applied.
 
+pub mod batch;
 pub mod decision;
 
 use std::{sync::Arc, time::Duration};
@@ -43,6 +46,8 @@ use decision::Counted;
 /// What a delivery task needs.
 pub struct Context {
     pub pool: PgPool,
+    /// Where attempts are applied, several in one transaction.
+    pub batches: batch::Batches,
     pub publisher: Arc<Publisher>,
     pub metrics: Arc<Metrics>,
     pub catalog: Arc<Catalog>,
@@ -80,7 +85,7 @@ pub enum Refusal {
 /// their routing key is whatever the publisher chose.
 const UNVERIFIED_TYPE: &str = "unverified";
 
-enum Attempt {
+pub(crate) enum Attempt {
     Done {
         applied: Applied,
         /// When the ingress received the event.
@@ -169,7 +174,16 @@ impl Current<'_> {
     /// Makes one attempt and decides what follows; a failure is counted here.
     async fn decide(&self) -> Decision {
         let ctx = self.ctx;
-        match attempt(ctx, &self.webhook_id, &self.delivery).await {
+        let routing_key = self.delivery.routing_key.as_str();
+        let batched = ctx
+            .batches
+            .attempt(&self.webhook_id, &self.delivery.data, routing_key)
+            .await;
+        let attempted = match batched {
+            batch::Outcome::Done(attempted) => attempted,
+            batch::Outcome::Alone => attempt(ctx, &self.webhook_id, &self.delivery).await,
+        };
+        match attempted {
             Ok(Attempt::Done {
                 applied,
                 received_at,
@@ -334,29 +348,79 @@ fn retry_attempts(delivery: &Delivery) -> i32 {
     }
 }
 
-/// One transaction: lock, check, apply, mark, commit.
+/// Tries of an attempt alone that lose a conflict (a deadlock) before the
+/// conflict counts as the event's failure.
+const CONFLICT_TRIES: usize = 5;
+
+/// One attempt in a transaction of its own (when its batch could not take
+/// it), made again at once, within [`CONFLICT_TRIES`], while it loses
+/// conflicts with other transactions ([`decision::lost_a_conflict`]).
 async fn attempt(
     ctx: &Context,
     webhook_id: &str,
     delivery: &Delivery,
 ) -> Result<Attempt, HandlerError> {
+    // Conflicts clear as soon as the other transaction ends: short waits.
+    let mut delays =
+        RetryPolicy::new(Duration::from_millis(10), Duration::from_millis(200)).delays();
+    for _ in 1..CONFLICT_TRIES {
+        match attempt_once(ctx, webhook_id, delivery).await {
+            Err(error) if decision::lost_a_conflict(&error) => {
+                let delay = delays.next().unwrap_or(Duration::from_millis(200));
+                tracing::debug!(webhook_id, error.message = %shared::error::Chain(&error), retry_in = ?delay,
+                    "the attempt lost a conflict with another transaction; trying again");
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
+        }
+    }
+    attempt_once(ctx, webhook_id, delivery).await
+}
+
+/// [`apply_one`] in a transaction of its own: committed, or rolled back when
+/// nothing was applied.
+async fn attempt_once(
+    ctx: &Context,
+    webhook_id: &str,
+    delivery: &Delivery,
+) -> Result<Attempt, HandlerError> {
     let mut tx = ctx.pool.begin().await?;
-    let row = event_status::lock(&mut tx, webhook_id, &delivery.data).await?;
+    let attempted = apply_one(
+        &mut tx,
+        &ctx.catalog,
+        webhook_id,
+        &delivery.data,
+        delivery.routing_key.as_str(),
+    )
+    .await?;
+    if matches!(attempted, Attempt::Done { .. }) {
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok(attempted)
+}
+
+/// Lock, check, apply, mark, in the caller's transaction (a savepoint of a
+/// batch, or a transaction of its own); the caller commits.
+pub(crate) async fn apply_one(
+    tx: &mut sqlx::PgConnection,
+    catalog: &Catalog,
+    webhook_id: &str,
+    body: &[u8],
+    routing_key: &str,
+) -> Result<Attempt, HandlerError> {
+    let row = event_status::lock(tx, webhook_id, body).await?;
     // Before anything that counts an attempt or marks the row: a message the
     // ingress did not store changes nothing, its row included.
-    let row = match verify(row, delivery.routing_key.as_str()) {
+    let row = match verify(row, routing_key) {
         Ok(row) => row,
-        Err(refusal) => {
-            tx.rollback().await?;
-            return Ok(Attempt::Refused(refusal));
-        }
+        Err(refusal) => return Ok(Attempt::Refused(refusal)),
     };
     if row.processed_at.is_some() {
-        tx.commit().await?;
         return Ok(Attempt::AlreadyProcessed);
     }
     if Status::parse(&row.status) == Some(Status::Dead) {
-        tx.commit().await?;
         return Ok(Attempt::AlreadyDead {
             attempts: row.attempts,
             last_error: row.last_error.unwrap_or_default(),
@@ -367,9 +431,8 @@ async fn attempt(
         event_type: &row.event_type,
         payload: &row.payload.0,
     };
-    let applied = handlers::apply(&mut tx, &event, &ctx.catalog).await?;
-    event_status::mark_applied(&mut tx, row.id, applied.status()).await?;
-    tx.commit().await?;
+    let applied = handlers::apply(tx, &event, catalog).await?;
+    event_status::mark_applied(tx, row.id, applied.status()).await?;
     Ok(Attempt::Done {
         applied,
         received_at: row.received_at,

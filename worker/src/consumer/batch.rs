@@ -1,0 +1,177 @@
+//! Applies the deliveries that are ready together: one transaction for all
+//! of them, a savepoint per event, one commit.
+//!
+//! Each delivery task hands its attempt to [`Batches`] and awaits its own
+//! outcome. A batch takes whatever attempts are waiting (up to
+//! [`MAX_BATCH`], nothing is held back to fill it) and, in one transaction,
+//! runs each inside its own savepoint: lock the event's state, check it,
+//! apply the handler, mark it. An event that fails rolls back to its
+//! savepoint, which undoes its writes and releases its locks and nothing
+//! else; the others go on. After the commit every task gets its outcome and
+//! only then acks: an event is applied exactly once because its effects and
+//! its `processed_at` commit together, as with a transaction of its own, and
+//! a redelivery after a crash finds `processed_at` set.
+//!
+//! When the batch itself fails (`BEGIN`, a savepoint command or the commit:
+//! the database went away, say), nothing of it was applied, and every task
+//! makes its attempt alone, in a transaction of its own, where the failure
+//! is classified as before. So does an event that lost a deadlock or a
+//! serialization conflict to another batch: that is the batches' doing, not
+//! the event's, so it costs no attempt.
+//!
+//! Events are applied in svix-id order, so two batches lock event rows in the
+//! same order. At most 32 savepoints per transaction keeps within the
+//! subtransactions PostgreSQL tracks per session without overflowing to disk.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tracing::Instrument as _;
+
+use super::{apply_one, decision::lost_a_conflict, Attempt};
+use crate::{credits::Catalog, handlers::HandlerError};
+
+/// Events per transaction at most.
+pub const MAX_BATCH: usize = 32;
+/// One savepoint name per position in a batch.
+const SAVEPOINTS: [&str; MAX_BATCH] = [
+    "e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7", "e8", "e9", "e10", "e11", "e12", "e13", "e14",
+    "e15", "e16", "e17", "e18", "e19", "e20", "e21", "e22", "e23", "e24", "e25", "e26", "e27",
+    "e28", "e29", "e30", "e31",
+];
+/// Batches applied at once: one fills while the other commits.
+pub const APPLIERS: usize = 2;
+
+/// What a batch answers a delivery task.
+pub(crate) enum Outcome {
+    /// The attempt committed with the batch (or failed on its own: the error
+    /// is the event's).
+    Done(Result<Attempt, HandlerError>),
+    /// Nothing was applied; make the attempt alone.
+    Alone,
+}
+
+struct Request {
+    webhook_id: String,
+    body: Vec<u8>,
+    routing_key: String,
+    span: tracing::Span,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// The handle delivery tasks send their attempts to. The appliers stop when
+/// every handle is dropped.
+#[derive(Clone)]
+pub struct Batches {
+    sender: mpsc::Sender<Request>,
+}
+
+impl Batches {
+    /// Starts [`APPLIERS`] appliers on `pool`.
+    pub fn start(pool: PgPool, catalog: Arc<Catalog>) -> Self {
+        let (sender, receiver) = mpsc::channel(MAX_BATCH * APPLIERS * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..APPLIERS {
+            let applier = Applier {
+                pool: pool.clone(),
+                catalog: catalog.clone(),
+                receiver: receiver.clone(),
+            };
+            tokio::spawn(applier.run());
+        }
+        Self { sender }
+    }
+
+    /// Applies one attempt with the next batch.
+    pub(crate) async fn attempt(
+        &self,
+        webhook_id: &str,
+        body: &[u8],
+        routing_key: &str,
+    ) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        let request = Request {
+            webhook_id: webhook_id.to_owned(),
+            body: body.to_vec(),
+            routing_key: routing_key.to_owned(),
+            span: tracing::Span::current(),
+            reply,
+        };
+        if self.sender.send(request).await.is_err() {
+            return Outcome::Alone;
+        }
+        answer.await.unwrap_or(Outcome::Alone)
+    }
+}
+
+struct Applier {
+    pool: PgPool,
+    catalog: Arc<Catalog>,
+    receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
+}
+
+impl Applier {
+    async fn run(self) {
+        loop {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            {
+                let mut receiver = self.receiver.lock().await;
+                if receiver.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                    return;
+                }
+            }
+            batch.sort_by(|a, b| a.webhook_id.cmp(&b.webhook_id));
+            match self.apply(&batch).await {
+                Ok(outcomes) => {
+                    for (request, outcome) in batch.into_iter().zip(outcomes) {
+                        let _ = request.reply.send(outcome);
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(events = batch.len(), error.message = %shared::error::Chain(&error),
+                        "a batch failed; its events are attempted one by one");
+                    for request in batch {
+                        let _ = request.reply.send(Outcome::Alone);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One transaction for the batch; an error here means nothing of it
+    /// committed.
+    async fn apply(&self, batch: &[Request]) -> Result<Vec<Outcome>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (index, request) in batch.iter().enumerate() {
+            // Each event's savepoint nests in the previous one's rather than
+            // releasing it first: one round trip per event instead of two.
+            let savepoint = SAVEPOINTS[index];
+            sqlx::query(&format!("SAVEPOINT {savepoint}"))
+                .execute(&mut *tx)
+                .await?;
+            let attempt = apply_one(
+                &mut tx,
+                &self.catalog,
+                &request.webhook_id,
+                &request.body,
+                &request.routing_key,
+            )
+            .instrument(request.span.clone())
+            .await;
+            // Whatever did not apply leaves nothing behind, its locks included.
+            if !matches!(attempt, Ok(Attempt::Done { .. })) {
+                sqlx::query(&format!("ROLLBACK TO SAVEPOINT {savepoint}"))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            outcomes.push(match attempt {
+                Err(error) if lost_a_conflict(&error) => Outcome::Alone,
+                other => Outcome::Done(other),
+            });
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
