@@ -158,7 +158,16 @@ pub(crate) async fn cleanup(args: BrokerArgs) -> anyhow::Result<bool> {
         .context("cannot connect to RabbitMQ")?;
     let mut complete = true;
     // A failed operation closes its channel, so each gets a fresh one.
-    for queue in [&names.worker_queue, &names.dead_letter_queue] {
+    // The worker's delay queues, one per retry step of its default policy.
+    let delay_queues: Vec<String> = worker::config::Settings::default_retry_policy()
+        .steps()
+        .into_iter()
+        .map(|step| names.retry_queue(step))
+        .collect();
+    for queue in [&names.worker_queue, &names.dead_letter_queue]
+        .into_iter()
+        .chain(&delay_queues)
+    {
         let channel = connection.create_channel().await?;
         if let Err(error) = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
@@ -168,7 +177,11 @@ pub(crate) async fn cleanup(args: BrokerArgs) -> anyhow::Result<bool> {
             complete = false;
         }
     }
-    for exchange in [&names.exchange, &names.dead_letter_exchange] {
+    for exchange in [
+        &names.exchange,
+        &names.dead_letter_exchange,
+        &names.retry_exchange,
+    ] {
         let channel = connection.create_channel().await?;
         if let Err(error) = channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())

@@ -288,7 +288,9 @@ async fn a_million_events_are_split_while_the_previous_release_keeps_writing() {
         written.new.len() + written.applied_old.len()
     );
     println!(
-        "the previous release wrote {} rounds ({} during the copy), stopped by the contract: {}",
+        "expand to contract (the copy): {:.1} s; the previous release wrote {} rounds \
+         ({} during the copy), stopped by the contract: {}",
+        (contract - expand).as_seconds_f64(),
         written.new.len(),
         during_copy,
         written.stopped_by_contract

@@ -346,6 +346,8 @@ async fn a_failing_event_rolls_back_alone_and_the_events_of_its_transaction_comm
     deliver(&db, &broker, &events).await;
     let mut settings = e2e::worker::settings(db.url(None), e2e::amqp_url(), broker.prefix.clone());
     settings.max_attempts = 1;
+    // More deliveries in flight than appliers: batches form.
+    settings.concurrency = 64;
     let worker = TestWorker::spawn_with(settings).await;
 
     wait_processed(&db, 108, DEADLINE).await;

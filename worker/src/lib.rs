@@ -234,7 +234,11 @@ impl Worker {
     fn context(&self, publisher: Publisher, shutdown: &CancellationToken) -> Arc<Context> {
         Arc::new(Context {
             pool: self.pool.clone(),
-            batches: consumer::batch::Batches::start(self.pool.clone(), self.catalog.clone()),
+            batches: consumer::batch::Batches::start(
+                self.pool.clone(),
+                self.catalog.clone(),
+                consumer::batch::appliers(self.settings.concurrency),
+            ),
             publisher: Arc::new(publisher),
             metrics: self.metrics.clone(),
             catalog: self.catalog.clone(),

@@ -1,16 +1,21 @@
 //! Applies the deliveries that are ready together: one transaction for all
-//! of them, a savepoint per event, one commit.
+//! of them, one commit.
 //!
 //! Each delivery task hands its attempt to [`Batches`] and awaits its own
-//! outcome. A batch takes whatever attempts are waiting (up to
-//! [`MAX_BATCH`], nothing is held back to fill it) and, in one transaction,
-//! runs each inside its own savepoint: lock the event's state, check it,
-//! apply the handler, mark it. An event that fails rolls back to its
-//! savepoint, which undoes its writes and releases its locks and nothing
-//! else; the others go on. After the commit every task gets its outcome and
-//! only then acks: an event is applied exactly once because its effects and
-//! its `processed_at` commit together, as with a transaction of its own, and
-//! a redelivery after a crash finds `processed_at` set.
+//! outcome. An applier takes whatever attempts are waiting (up to
+//! [`MAX_BATCH`], nothing is held back to fill it) and applies each in turn
+//! in one transaction: lock the event's state, check it, apply the handler,
+//! mark it. After the commit every task gets its outcome and only then acks:
+//! an event is applied exactly once because its effects and its
+//! `processed_at` commit together, as with a transaction of its own, and a
+//! redelivery after a crash finds `processed_at` set.
+//!
+//! One failure never undoes the others. The first try takes no savepoints
+//! (nearly every batch commits as it is); when an event fails, the
+//! transaction is rolled back, that event keeps its failure, and the others
+//! are applied again in one transaction with a savepoint each: an event that
+//! fails there rolls back to its savepoint, which undoes its writes and
+//! releases its locks and nothing else.
 //!
 //! When the batch itself fails (`BEGIN`, a savepoint command or the commit:
 //! the database went away, say), nothing of it was applied, and every task
@@ -40,8 +45,19 @@ const SAVEPOINTS: [&str; MAX_BATCH] = [
     "e15", "e16", "e17", "e18", "e19", "e20", "e21", "e22", "e23", "e24", "e25", "e26", "e27",
     "e28", "e29", "e30", "e31",
 ];
-/// Batches applied at once: one fills while the other commits.
-pub const APPLIERS: usize = 2;
+/// Batches applied at once, at most.
+pub const MAX_APPLIERS: usize = 16;
+
+/// How many batches a worker applies at once: one per delivery in flight, up
+/// to [`MAX_APPLIERS`]. A batch runs its statements one after the other, so
+/// fewer appliers than deliveries would trade the parallelism of separate
+/// transactions for fewer commits, which is slower while PostgreSQL has
+/// cores to spare; beyond 16, deliveries in flight (`WORKER_CONCURRENCY`)
+/// wait for an applier and form larger batches, each event costing less
+/// (BENCHMARKS.md).
+pub fn appliers(concurrency: u16) -> usize {
+    usize::from(concurrency).clamp(1, MAX_APPLIERS)
+}
 
 /// What a batch answers a delivery task.
 pub(crate) enum Outcome {
@@ -68,11 +84,11 @@ pub struct Batches {
 }
 
 impl Batches {
-    /// Starts [`APPLIERS`] appliers on `pool`.
-    pub fn start(pool: PgPool, catalog: Arc<Catalog>) -> Self {
-        let (sender, receiver) = mpsc::channel(MAX_BATCH * APPLIERS * 4);
+    /// Starts `appliers` appliers on `pool` ([`appliers`]).
+    pub fn start(pool: PgPool, catalog: Arc<Catalog>, appliers: usize) -> Self {
+        let (sender, receiver) = mpsc::channel(MAX_BATCH * appliers.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..APPLIERS {
+        for _ in 0..appliers {
             let applier = Applier {
                 pool: pool.clone(),
                 catalog: catalog.clone(),
@@ -139,9 +155,46 @@ impl Applier {
         }
     }
 
-    /// One transaction for the batch; an error here means nothing of it
-    /// committed.
+    /// The batch in one transaction; an error here means nothing of it
+    /// committed. First without savepoints, which nearly always commits:
+    /// when an event fails, the transaction is rolled back, that event keeps
+    /// its failure, and the others are applied again, each in a savepoint.
     async fn apply(&self, batch: &[Request]) -> Result<Vec<Outcome>, sqlx::Error> {
+        let (failed, error) = match self.apply_together(batch).await? {
+            Together::Committed(outcomes) => return Ok(outcomes),
+            Together::Failed { index, error } => (index, error),
+        };
+        let others: Vec<&Request> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(index, request)| (index != failed).then_some(request))
+            .collect();
+        let mut outcomes = self.apply_in_savepoints(&others).await?;
+        outcomes.insert(failed, failure(error));
+        Ok(outcomes)
+    }
+
+    /// Every event of the batch in one transaction, no savepoint: committed,
+    /// or rolled back at the first event that failed.
+    async fn apply_together(&self, batch: &[Request]) -> Result<Together, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (index, request) in batch.iter().enumerate() {
+            match self.apply_one(&mut tx, request).await {
+                Ok(attempt) => outcomes.push(Outcome::Done(Ok(attempt))),
+                Err(error) => {
+                    tx.rollback().await?;
+                    return Ok(Together::Failed { index, error });
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(Together::Committed(outcomes))
+    }
+
+    /// Every event in a savepoint of its own, in one transaction: an event
+    /// that fails rolls back to its savepoint and the others commit.
+    async fn apply_in_savepoints(&self, batch: &[&Request]) -> Result<Vec<Outcome>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for (index, request) in batch.iter().enumerate() {
@@ -151,15 +204,7 @@ impl Applier {
             sqlx::query(&format!("SAVEPOINT {savepoint}"))
                 .execute(&mut *tx)
                 .await?;
-            let attempt = apply_one(
-                &mut tx,
-                &self.catalog,
-                &request.webhook_id,
-                &request.body,
-                &request.routing_key,
-            )
-            .instrument(request.span.clone())
-            .await;
+            let attempt = self.apply_one(&mut tx, request).await;
             // Whatever did not apply leaves nothing behind, its locks included.
             if !matches!(attempt, Ok(Attempt::Done { .. })) {
                 sqlx::query(&format!("ROLLBACK TO SAVEPOINT {savepoint}"))
@@ -167,11 +212,47 @@ impl Applier {
                     .await?;
             }
             outcomes.push(match attempt {
-                Err(error) if lost_a_conflict(&error) => Outcome::Alone,
-                other => Outcome::Done(other),
+                Ok(attempt) => Outcome::Done(Ok(attempt)),
+                Err(error) => failure(error),
             });
         }
         tx.commit().await?;
         Ok(outcomes)
+    }
+
+    async fn apply_one(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        request: &Request,
+    ) -> Result<Attempt, HandlerError> {
+        apply_one(
+            tx,
+            &self.catalog,
+            &request.webhook_id,
+            &request.body,
+            &request.routing_key,
+        )
+        .instrument(request.span.clone())
+        .await
+    }
+}
+
+/// How the batch went without savepoints.
+enum Together {
+    Committed(Vec<Outcome>),
+    /// Rolled back: the event at `index` failed.
+    Failed {
+        index: usize,
+        error: HandlerError,
+    },
+}
+
+/// The outcome of an event that failed in a batch: its own failure, unless it
+/// lost a conflict with another transaction (then it goes again alone).
+fn failure(error: HandlerError) -> Outcome {
+    if lost_a_conflict(&error) {
+        Outcome::Alone
+    } else {
+        Outcome::Done(Err(error))
     }
 }
