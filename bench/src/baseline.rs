@@ -143,17 +143,7 @@ pub(crate) async fn baseline(args: BaselineArgs) -> anyhow::Result<bool> {
     // The same table in every run: `webhook_events` as it was before the
     // event was split from its state (one wide row per event), so ratios stay
     // comparable across versions of the services.
-    let before_split = sqlx::migrate::Migrator {
-        migrations: std::borrow::Cow::Owned(
-            shared::db::MIGRATOR
-                .iter()
-                .filter(|m| m.version < BASELINE_SCHEMA_BEFORE)
-                .cloned()
-                .collect(),
-        ),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
-    before_split
+    shared::db::migrations_before(BASELINE_SCHEMA_BEFORE)
         .run(&mut db)
         .await
         .context("cannot apply the migrations to the baseline database")?;

@@ -322,6 +322,21 @@ async fn apply(connection: &mut PgConnection) -> Result<Vec<i64>, DbError> {
 /// [`event_status::copy_states`]: crate::event_status::copy_states
 pub const EVENT_STATE_CONTRACT: i64 = 20261217000002;
 
+/// The migrations of [`MIGRATOR`] older than `version`: the schema as it was
+/// before that migration.
+pub fn migrations_before(version: i64) -> Migrator {
+    Migrator {
+        migrations: std::borrow::Cow::Owned(
+            MIGRATOR
+                .iter()
+                .filter(|m| m.version < version)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
+
 /// How many times the contract step is tried when a long transaction keeps
 /// its lock out of reach (its `lock_timeout`).
 const LOCK_ATTEMPTS: u32 = 30;
@@ -337,19 +352,9 @@ enum StageError {
 /// time is tried again.
 async fn stages(connection: &mut PgConnection, pending: &[i64]) -> Result<(), StageError> {
     if pending.contains(&EVENT_STATE_CONTRACT) {
-        let before = Migrator {
-            migrations: std::borrow::Cow::Owned(
-                MIGRATOR
-                    .iter()
-                    .filter(|m| m.version < EVENT_STATE_CONTRACT)
-                    .cloned()
-                    .collect(),
-            ),
-            ..Migrator::DEFAULT
-        };
         // `run` with a borrowed connection trips "Acquire is not general
         // enough" in spawned futures; sqlx offers `run_direct` for this.
-        before
+        migrations_before(EVENT_STATE_CONTRACT)
             .run_direct(&mut *connection)
             .await
             .map_err(StageError::Migrate)?;

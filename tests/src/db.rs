@@ -24,17 +24,10 @@ impl TestDb {
     /// `version`: the migrations older than it, applied.
     pub async fn before(version: i64) -> Self {
         let db = Self::empty().await;
-        let older = sqlx::migrate::Migrator {
-            migrations: std::borrow::Cow::Owned(
-                shared::db::MIGRATOR
-                    .iter()
-                    .filter(|m| m.version < version)
-                    .cloned()
-                    .collect(),
-            ),
-            ..sqlx::migrate::Migrator::DEFAULT
-        };
-        older.run(&db.pool).await.expect("older migrations apply");
+        shared::db::migrations_before(version)
+            .run(&db.pool)
+            .await
+            .expect("older migrations apply");
         db
     }
 
