@@ -63,7 +63,15 @@ impl Status {
 /// The bytes an event is published with: the exact signed body, or for an
 /// event the application inserted without one, its payload's text. Reads the
 /// columns of `webhook_event_bodies` (or of the `webhook_events` view).
-pub const PUBLISHED_BODY: &str = "COALESCE(raw_body, convert_to(payload::text, 'UTF8'))";
+pub const PUBLISHED_BODY: &str = published_body!();
+
+/// [`PUBLISHED_BODY`] as a literal, for the statements built with `concat!`.
+macro_rules! published_body {
+    () => {
+        "COALESCE(raw_body, convert_to(payload::text, 'UTF8'))"
+    };
+}
+use published_body;
 
 /// The events `prune` may delete: applied or ignored, received before `$1`
 /// (columns of the `webhook_events` view).
@@ -73,11 +81,14 @@ pub const PRUNABLE: &str = "status IN ('processed', 'ignored') AND processed_at 
 /// The events the relay has to publish, oldest first: `$1` of them, locked
 /// (`FOR UPDATE SKIP LOCKED`, so relays share the work) until the caller's
 /// transaction ends, with what a publish needs.
-pub const UNPUBLISHED: &str = "SELECT b.id, b.webhook_id, b.event_type, \
-         COALESCE(b.raw_body, convert_to(b.payload::text, 'UTF8')) AS raw_body, b.traceparent \
+pub const UNPUBLISHED: &str = concat!(
+    "SELECT b.id, b.webhook_id, b.event_type, ",
+    published_body!(),
+    " AS raw_body, b.traceparent \
      FROM webhook_event_states s JOIN webhook_event_bodies b ON b.id = s.event_id \
      WHERE s.published_at IS NULL \
-     ORDER BY s.event_id LIMIT $1 FOR UPDATE OF s SKIP LOCKED";
+     ORDER BY s.event_id LIMIT $1 FOR UPDATE OF s SKIP LOCKED"
+);
 
 /// The relay's broker confirmed these events (ids): `published_at` set,
 /// `received` becomes `published`.
@@ -124,13 +135,14 @@ pub async fn lock(
     webhook_id: &str,
     body: &[u8],
 ) -> Result<Option<Locked>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT b.id, b.event_type, b.payload, \
-             COALESCE(b.raw_body, convert_to(b.payload::text, 'UTF8')) = $2 AS genuine_body, \
+    sqlx::query_as(concat!(
+        "SELECT b.id, b.event_type, b.payload, ",
+        published_body!(),
+        " = $2 AS genuine_body, \
              s.processed_at, s.status, s.attempts, s.last_error, b.received_at \
          FROM webhook_event_bodies b JOIN webhook_event_states s ON s.event_id = b.id \
          WHERE b.webhook_id = $1 FOR UPDATE OF s",
-    )
+    ))
     .bind(webhook_id)
     .bind(body)
     .fetch_optional(conn)
