@@ -59,16 +59,31 @@ pub(crate) async fn e2e(args: E2eArgs) -> anyhow::Result<bool> {
     let pattern = deliveries.id_pattern();
     let deadline = Instant::now() + timeout;
     let mut failed_reason = None;
-    let (stored, processed) = loop {
-        let (stored, processed, dead): (i64, i64, i64) = sqlx::query_as(
-            "SELECT count(*), count(*) FILTER (WHERE processed_at IS NOT NULL), \
-                    count(*) FILTER (WHERE status IN ('dead', 'failed')) \
-             FROM webhook_events WHERE webhook_id LIKE $1",
-        )
-        .bind(&pattern)
+    // The progress is read from the narrow state rows where the services
+    // have them (the step starts on emptied tables, so every row is one of
+    // ours), and from the wide event rows for a build from before the split.
+    // The reads cost PostgreSQL CPU inside the measured window, hence one a
+    // second: the rates come from the rows' timestamps, not from when this
+    // loop notices the end.
+    let split: bool = sqlx::query_scalar("SELECT to_regclass('webhook_event_bodies') IS NOT NULL")
         .fetch_one(&mut db)
         .await
-        .context("cannot count processed events")?;
+        .context("cannot read the services' schema")?;
+    let progress = if split {
+        "SELECT count(*), count(*) FILTER (WHERE processed_at IS NOT NULL), \
+                count(*) FILTER (WHERE status IN ('dead', 'failed')) \
+         FROM webhook_event_states WHERE $1::text IS NOT NULL"
+    } else {
+        "SELECT count(*), count(*) FILTER (WHERE processed_at IS NOT NULL), \
+                count(*) FILTER (WHERE status IN ('dead', 'failed')) \
+         FROM webhook_events WHERE webhook_id LIKE $1"
+    };
+    let (stored, processed) = loop {
+        let (stored, processed, dead): (i64, i64, i64) = sqlx::query_as(progress)
+            .bind(&pattern)
+            .fetch_one(&mut db)
+            .await
+            .context("cannot count processed events")?;
         if dead > 0 {
             failed_reason = Some(format!("{dead} events failed or were dead-lettered"));
             break (stored, processed);
@@ -83,7 +98,7 @@ pub(crate) async fn e2e(args: E2eArgs) -> anyhow::Result<bool> {
             ));
             break (stored, processed);
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let wall_s = start.elapsed().as_secs_f64();
     let cpu = CpuSnapshot::take(&args.watch, true).usage_since(&cpu_start);

@@ -29,8 +29,7 @@ pub struct NewEvent {
     pub event_type: String,
     /// The user or organization it concerns (`shared::event::subject`).
     pub subject: Option<String>,
-    /// The body as text (it parsed as JSON, so it is UTF-8).
-    pub text: String,
+    /// The exact signed bytes: JSON, so UTF-8.
     pub raw_body: bytes::Bytes,
     pub traceparent: String,
 }
@@ -180,7 +179,6 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<String>, sql
     let mut ids = Vec::with_capacity(batch.len());
     let mut types = Vec::with_capacity(batch.len());
     let mut subjects = Vec::with_capacity(batch.len());
-    let mut texts = Vec::with_capacity(batch.len());
     let mut bodies = Vec::with_capacity(batch.len());
     let mut traceparents = Vec::with_capacity(batch.len());
     for request in batch {
@@ -188,24 +186,26 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<String>, sql
         ids.push(event.webhook_id.as_str());
         types.push(event.event_type.as_str());
         subjects.push(event.subject.as_deref());
-        texts.push(event.text.as_str());
         bodies.push(event.raw_body.as_ref());
         traceparents.push(event.traceparent.as_str());
     }
+    // The body is stored once, as its bytes (the view reads the payload from
+    // them); the cast only refuses what jsonb cannot hold, as the payload
+    // column did.
     let stored: Vec<String> = sqlx::query_scalar(
         "WITH stored AS (\
              INSERT INTO webhook_event_bodies \
-                 (webhook_id, event_type, payload, raw_body, traceparent, subject) \
-             SELECT id, kind, text::jsonb, body, traceparent, subject \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[]) \
-                  AS batch(id, kind, text, body, traceparent, subject) \
+                 (webhook_id, event_type, raw_body, traceparent, subject) \
+             SELECT id, kind, body, traceparent, subject \
+             FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[], $5::text[]) \
+                  AS batch(id, kind, body, traceparent, subject) \
+             WHERE convert_from(body, 'UTF8')::jsonb IS NOT NULL \
              ON CONFLICT (webhook_id) DO NOTHING RETURNING id, webhook_id), \
          state AS (INSERT INTO webhook_event_states (event_id) SELECT id FROM stored) \
          SELECT webhook_id FROM stored",
     )
     .bind(&ids)
     .bind(&types)
-    .bind(&texts)
     .bind(&bodies)
     .bind(&traceparents)
     .bind(&subjects)

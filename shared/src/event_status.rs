@@ -65,6 +65,12 @@ impl Status {
 /// columns of `webhook_event_bodies` (or of the `webhook_events` view).
 pub const PUBLISHED_BODY: &str = published_body!();
 
+/// The payload of an event, from the columns of `webhook_event_bodies`: the
+/// signed bytes' JSON (the ingress stores the body once, as `raw_body`), or
+/// the `payload` of a row stored before that or inserted by the application.
+/// The `webhook_events` view's `payload` column is this expression.
+pub const PAYLOAD: &str = "COALESCE(payload, convert_from(raw_body, 'UTF8')::jsonb)";
+
 /// [`PUBLISHED_BODY`] as a literal, for the statements built with `concat!`.
 macro_rules! published_body {
     () => {
@@ -112,8 +118,6 @@ pub struct Locked {
     pub id: i64,
     /// The stored type.
     pub event_type: String,
-    /// The stored payload.
-    pub payload: sqlx::types::Json<serde_json::Value>,
     /// Whether the stored bytes equal the message's.
     pub genuine_body: bool,
     /// When a handler committed, if one did.
@@ -128,41 +132,86 @@ pub struct Locked {
     pub received_at: time::OffsetDateTime,
 }
 
-/// Locks the state of the event `webhook_id` (not its body, which nobody
-/// writes) and compares its stored bytes with `body`.
-pub async fn lock(
-    conn: &mut PgConnection,
-    webhook_id: &str,
-    body: &[u8],
-) -> Result<Option<Locked>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT b.id, b.event_type, b.payload, ",
-        published_body!(),
-        " = $2 AS genuine_body, \
-             s.processed_at, s.status, s.attempts, s.last_error, b.received_at \
-         FROM webhook_event_bodies b JOIN webhook_event_states s ON s.event_id = b.id \
-         WHERE b.webhook_id = $1 FOR UPDATE OF s",
-    ))
-    .bind(webhook_id)
-    .bind(body)
-    .fetch_optional(conn)
-    .await
+/// A message to check against the store: its svix id and its body.
+#[derive(Clone, Copy, Debug)]
+pub struct Message<'a> {
+    /// The message's svix id.
+    pub webhook_id: &'a str,
+    /// The message's body.
+    pub body: &'a [u8],
 }
 
-/// A handler committed (`Processed`) or nobody handles the type (`Ignored`):
-/// in the handler's transaction, on the row [`lock`] returned.
+/// Locks the states of the events the `messages` name (not their bodies,
+/// which nobody writes), in svix-id order (bytewise, as Rust sorts), and
+/// compares each stored body with the message's. Returns one answer per
+/// message, in the order given: the locked state, or `None` when no event
+/// has that svix id. One statement for any number of messages, each naming
+/// a different event (the caller leaves copies out). Two transactions that
+/// lock this way never wait for each other in a cycle.
+pub async fn lock(
+    conn: &mut PgConnection,
+    messages: &[Message<'_>],
+) -> Result<Vec<Option<Locked>>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Found {
+        webhook_id: String,
+        #[sqlx(flatten)]
+        locked: Locked,
+    }
+    let ids: Vec<&str> = messages.iter().map(|m| m.webhook_id).collect();
+    let bodies: Vec<&[u8]> = messages.iter().map(|m| m.body).collect();
+    // `= ANY` keeps the plan on the indexes whatever the batch's size.
+    let found: Vec<Found> = sqlx::query_as(concat!(
+        "SELECT b.webhook_id, b.id, b.event_type, ",
+        published_body!(),
+        " = ($2::bytea[])[array_position($1::text[], b.webhook_id)] AS genuine_body, \
+             s.processed_at, s.status, s.attempts, s.last_error, b.received_at \
+         FROM webhook_event_bodies b JOIN webhook_event_states s ON s.event_id = b.id \
+         WHERE b.webhook_id = ANY($1) \
+         ORDER BY b.webhook_id COLLATE \"C\" FOR UPDATE OF s",
+    ))
+    .bind(&ids)
+    .bind(&bodies)
+    .fetch_all(conn)
+    .await?;
+    let mut answers: Vec<Option<Locked>> = messages.iter().map(|_| None).collect();
+    for row in found {
+        if let Some(index) = ids.iter().position(|id| *id == row.webhook_id) {
+            answers[index] = Some(row.locked);
+        }
+    }
+    Ok(answers)
+}
+
+/// Handlers committed (`Processed`) or nobody handles the type (`Ignored`):
+/// in the handlers' transaction, on rows [`lock`] returned (ids, each with
+/// its status). One statement for any number of events.
 pub async fn mark_applied(
     conn: &mut PgConnection,
-    id: i64,
-    status: Status,
+    applied: &[(i64, Status)],
 ) -> Result<(), sqlx::Error> {
-    debug_assert!(matches!(status, Status::Processed | Status::Ignored));
+    debug_assert!(applied
+        .iter()
+        .all(|(_, status)| matches!(status, Status::Processed | Status::Ignored)));
+    if applied.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = applied.iter().map(|(id, _)| *id).collect();
+    let ignored: Vec<i64> = applied
+        .iter()
+        .filter(|(_, status)| *status == Status::Ignored)
+        .map(|(id, _)| *id)
+        .collect();
     sqlx::query(
-        "UPDATE webhook_event_states SET status = $2, processed_at = now(), \
-         attempts = attempts + 1, last_error = NULL WHERE event_id = $1",
+        "UPDATE webhook_event_states SET \
+             status = CASE WHEN event_id = ANY($2) THEN $3 ELSE $4 END, \
+             processed_at = now(), attempts = attempts + 1, last_error = NULL \
+         WHERE event_id = ANY($1)",
     )
-    .bind(id)
-    .bind(status.as_str())
+    .bind(&ids)
+    .bind(&ignored)
+    .bind(Status::Ignored.as_str())
+    .bind(Status::Processed.as_str())
     .execute(conn)
     .await
     .map(|_| ())

@@ -3,6 +3,7 @@
 //! ingress's inserts never wait for it. Idempotent: concurrent runs (several
 //! workers starting) only repeat each other's reads.
 
+use shared::event_status::PAYLOAD;
 use sqlx::PgPool;
 
 /// Events read (and updated) per statement.
@@ -15,10 +16,10 @@ pub async fn event_subjects(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let mut after = 0i64;
     let mut filled = 0u64;
     loop {
-        let rows: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(
-            "SELECT id, event_type, payload FROM webhook_event_bodies \
-             WHERE subject IS NULL AND id > $1 ORDER BY id LIMIT $2",
-        )
+        let rows: Vec<(i64, String, serde_json::Value)> = sqlx::query_as(&format!(
+            "SELECT id, event_type, {PAYLOAD} FROM webhook_event_bodies \
+             WHERE subject IS NULL AND id > $1 ORDER BY id LIMIT $2"
+        ))
         .bind(after)
         .bind(BATCH)
         .fetch_all(pool)

@@ -38,10 +38,15 @@ fn main() {
         // single-threaded here.
         std::env::set_var("RUST_LOG", "warn,lapin=off");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One runtime thread unless TOKIO_WORKER_THREADS says otherwise: the
+    // worker mostly waits for PostgreSQL and the broker, and with more
+    // threads each delivery crosses between them, which costs more CPU than
+    // the work (BENCHMARKS.md). Workers scale as processes.
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("worker: cannot start the async runtime: {error}");

@@ -243,14 +243,14 @@ async fn accept(
         event_type,
         subject,
     } = event::envelope(&body)?;
-    // envelope() parsed the body as JSON, which guarantees valid UTF-8.
-    let text = std::str::from_utf8(&body).map_err(|_| PayloadError::NotAnObject)?;
+    // envelope() parsed the body as JSON, which guarantees valid UTF-8 (the
+    // store reads it as text).
+    std::str::from_utf8(&body).map_err(|_| PayloadError::NotAnObject)?;
 
     let store = state.store.store(NewEvent {
         webhook_id: verified.id.clone(),
         event_type: event_type.clone(),
         subject,
-        text: text.to_owned(),
         raw_body: body.clone(),
         traceparent: shared::telemetry::current_traceparent(),
     });

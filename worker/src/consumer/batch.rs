@@ -3,9 +3,10 @@
 //!
 //! Each delivery task hands its attempt to [`Batches`] and awaits its own
 //! outcome. An applier takes whatever attempts are waiting (up to
-//! [`MAX_BATCH`], nothing is held back to fill it) and applies each in turn
-//! in one transaction: lock the event's state, check it, apply the handler,
-//! mark it. After the commit every task gets its outcome and only then acks:
+//! [`MAX_BATCH`], nothing is held back to fill it) and applies them in one
+//! transaction: one statement locks the states of all of them, each event is
+//! checked and its handler applied in turn, one statement marks the applied
+//! ones. After the commit every task gets its outcome and only then acks:
 //! an event is applied exactly once because its effects and its
 //! `processed_at` commit together, as with a transaction of its own, and a
 //! redelivery after a crash finds `processed_at` set.
@@ -24,8 +25,9 @@
 //! serialization conflict to another batch: that is the batches' doing, not
 //! the event's, so it costs no attempt.
 //!
-//! Events are applied in svix-id order, so two batches lock event rows in the
-//! same order. At most 32 savepoints per transaction keeps within the
+//! Events are locked and applied in svix-id order, so two batches lock event
+//! rows in the same order; a second copy of an event already in the batch
+//! is attempted alone. At most 32 savepoints per transaction keeps within the
 //! subtransactions PostgreSQL tracks per session without overflowing to disk.
 
 use std::sync::Arc;
@@ -34,7 +36,9 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::Instrument as _;
 
-use super::{apply_one, decision::lost_a_conflict, Attempt};
+use shared::event_status::{self, Message, Status};
+
+use super::{apply_locked, apply_one, decision::lost_a_conflict, Attempt};
 use crate::{credits::Catalog, handlers::HandlerError};
 
 /// Events per transaction at most.
@@ -48,15 +52,19 @@ const SAVEPOINTS: [&str; MAX_BATCH] = [
 /// Batches applied at once, at most.
 pub const MAX_APPLIERS: usize = 16;
 
-/// How many batches a worker applies at once: one per delivery in flight, up
-/// to [`MAX_APPLIERS`]. A batch runs its statements one after the other, so
-/// fewer appliers than deliveries would trade the parallelism of separate
-/// transactions for fewer commits, which is slower while PostgreSQL has
-/// cores to spare; beyond 16, deliveries in flight (`WORKER_CONCURRENCY`)
-/// wait for an applier and form larger batches, each event costing less
+/// Deliveries in flight per applier.
+pub const DELIVERIES_PER_APPLIER: usize = 4;
+
+/// How many batches a worker applies at once: one per
+/// [`DELIVERIES_PER_APPLIER`] deliveries in flight (`WORKER_CONCURRENCY`),
+/// at least one, at most [`MAX_APPLIERS`]. A batch locks and marks its
+/// events with one statement each, so a larger batch costs PostgreSQL less
+/// per event, but its handlers' statements run one after the other: with
+/// the default 16 in flight, 4 appliers were faster than 2 (round trips in
+/// a row) and than 8 or 16 (smaller batches, more PostgreSQL CPU per event)
 /// (BENCHMARKS.md).
 pub fn appliers(concurrency: u16) -> usize {
-    usize::from(concurrency).clamp(1, MAX_APPLIERS)
+    (usize::from(concurrency) / DELIVERIES_PER_APPLIER).clamp(1, MAX_APPLIERS)
 }
 
 /// What a batch answers a delivery task.
@@ -138,6 +146,20 @@ impl Applier {
                 }
             }
             batch.sort_by(|a, b| a.webhook_id.cmp(&b.webhook_id));
+            // A copy of an event already in the batch (re-published while the
+            // first was in flight) is attempted alone: it waits for the
+            // batch's lock on the event and then finds it applied.
+            let (batch, copies): (Vec<_>, Vec<_>) = {
+                let mut previous: Option<String> = None;
+                batch.into_iter().partition(|request| {
+                    let first = previous.as_deref() != Some(request.webhook_id.as_str());
+                    previous = Some(request.webhook_id.clone());
+                    first
+                })
+            };
+            for copy in copies {
+                let _ = copy.reply.send(Outcome::Alone);
+            }
             match self.apply(&batch).await {
                 Ok(outcomes) => {
                     for (request, outcome) in batch.into_iter().zip(outcomes) {
@@ -175,19 +197,44 @@ impl Applier {
     }
 
     /// Every event of the batch in one transaction, no savepoint: committed,
-    /// or rolled back at the first event that failed.
+    /// or rolled back at the first event that failed. The states are locked
+    /// and marked with one statement each for the whole batch.
     async fn apply_together(&self, batch: &[Request]) -> Result<Together, sqlx::Error> {
+        let messages: Vec<Message<'_>> = batch
+            .iter()
+            .map(|request| Message {
+                webhook_id: &request.webhook_id,
+                body: &request.body,
+            })
+            .collect();
         let mut tx = self.pool.begin().await?;
+        let rows = event_status::lock(&mut tx, &messages).await?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (index, request) in batch.iter().enumerate() {
-            match self.apply_one(&mut tx, request).await {
-                Ok(attempt) => outcomes.push(Outcome::Done(Ok(attempt))),
+        let mut applied: Vec<(i64, Status)> = Vec::with_capacity(batch.len());
+        for (index, ((request, message), row)) in batch.iter().zip(&messages).zip(rows).enumerate()
+        {
+            let attempt = apply_locked(&mut tx, &self.catalog, message, &request.routing_key, row)
+                .instrument(request.span.clone())
+                .await;
+            match attempt {
+                Ok(attempt) => {
+                    if let Attempt::Done {
+                        event_id,
+                        applied: done,
+                        ..
+                    } = &attempt
+                    {
+                        applied.push((*event_id, done.status()));
+                    }
+                    outcomes.push(Outcome::Done(Ok(attempt)));
+                }
                 Err(error) => {
                     tx.rollback().await?;
                     return Ok(Together::Failed { index, error });
                 }
             }
         }
+        event_status::mark_applied(&mut tx, &applied).await?;
         tx.commit().await?;
         Ok(Together::Committed(outcomes))
     }

@@ -87,6 +87,8 @@ const UNVERIFIED_TYPE: &str = "unverified";
 
 pub(crate) enum Attempt {
     Done {
+        /// The event's row, to mark.
+        event_id: i64,
         applied: Applied,
         /// When the ingress received the event.
         received_at: time::OffsetDateTime,
@@ -187,6 +189,7 @@ impl Current<'_> {
             Ok(Attempt::Done {
                 applied,
                 received_at,
+                ..
             }) => Decision::Ack(Done::Applied {
                 applied,
                 received_at,
@@ -410,7 +413,28 @@ pub(crate) async fn apply_one(
     body: &[u8],
     routing_key: &str,
 ) -> Result<Attempt, HandlerError> {
-    let row = event_status::lock(tx, webhook_id, body).await?;
+    let message = event_status::Message { webhook_id, body };
+    let row = event_status::lock(tx, &[message]).await?.pop().flatten();
+    let attempted = apply_locked(tx, catalog, &message, routing_key, row).await?;
+    if let Attempt::Done {
+        event_id, applied, ..
+    } = &attempted
+    {
+        event_status::mark_applied(tx, &[(*event_id, applied.status())]).await?;
+    }
+    Ok(attempted)
+}
+
+/// Check and apply one message whose state `row` is locked in the caller's
+/// transaction (`None`: no event has its svix id). An applied event still
+/// has to be marked ([`event_status::mark_applied`]), in that transaction.
+pub(crate) async fn apply_locked(
+    tx: &mut sqlx::PgConnection,
+    catalog: &Catalog,
+    message: &event_status::Message<'_>,
+    routing_key: &str,
+    row: Option<Locked>,
+) -> Result<Attempt, HandlerError> {
     // Before anything that counts an attempt or marks the row: a message the
     // ingress did not store changes nothing, its row included.
     let row = match verify(row, routing_key) {
@@ -426,14 +450,18 @@ pub(crate) async fn apply_one(
             last_error: row.last_error.unwrap_or_default(),
         });
     }
+    // The message's body is the stored one (verified above): its JSON is the
+    // stored payload, without reading it back from the database.
+    let payload: serde_json::Value = serde_json::from_slice(message.body)
+        .map_err(|error| HandlerError::Malformed(format!("the body is not JSON: {error}")))?;
     let event = Event {
-        webhook_id,
+        webhook_id: message.webhook_id,
         event_type: &row.event_type,
-        payload: &row.payload.0,
+        payload: &payload,
     };
     let applied = handlers::apply(tx, &event, catalog).await?;
-    event_status::mark_applied(tx, row.id, applied.status()).await?;
     Ok(Attempt::Done {
+        event_id: row.id,
         applied,
         received_at: row.received_at,
     })
