@@ -76,6 +76,22 @@ async fn a_new_event_is_stored_then_published_with_exactly_its_bytes() {
     assert_eq!(raw, delivery.body);
     assert_eq!(payload_type, "user.created");
     assert!(status == "received" || status == "published");
+    // The body is stored once, as its bytes; the view reads the payload from
+    // them, and it is the JSON of those bytes.
+    let (stored_payload, view_payload): (Option<serde_json::Value>, serde_json::Value) =
+        sqlx::query_as(
+            "SELECT b.payload, e.payload FROM webhook_event_bodies b \
+             JOIN webhook_events e ON e.id = b.id WHERE b.webhook_id = $1",
+        )
+        .bind(&delivery.id)
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored_payload, None);
+    assert_eq!(
+        view_payload,
+        serde_json::from_slice::<serde_json::Value>(&delivery.body).unwrap()
+    );
 
     let messages = w.broker.take_worker_messages(1, DEADLINE).await;
     assert_eq!(messages.len(), 1);

@@ -396,3 +396,54 @@ async fn a_failing_event_rolls_back_alone_and_the_events_of_its_transaction_comm
     );
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_of_an_event_delivered_together_are_applied_once() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    // Every user insert that commits logs its transaction.
+    sqlx::raw_sql(
+        "CREATE TABLE applied_in (user_id text, tx bigint); \
+         CREATE FUNCTION log_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN INSERT INTO applied_in VALUES (NEW.id, txid_current()); RETURN NEW; END $$; \
+         CREATE TRIGGER log_insert BEFORE INSERT ON users \
+             FOR EACH ROW EXECUTE FUNCTION log_insert()",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Each event queued three times before the worker starts, so copies
+    // arrive side by side and land in the same batches.
+    let events: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (new_id(), user_created(&format!("user_copied_{i}"))))
+        .collect();
+    deliver(&db, &broker, &events).await;
+    publish(&broker, &events).await;
+    publish(&broker, &events).await;
+    let mut settings = e2e::worker::settings(db.url(None), e2e::amqp_url(), broker.prefix.clone());
+    settings.concurrency = 64;
+    let worker = TestWorker::spawn_with(settings).await;
+
+    wait_processed(&db, 40, DEADLINE).await;
+    wait_for("every copy to be acked", DEADLINE, || async {
+        (queue_depth(&broker, &broker.names.worker_queue).await == 0).then_some(())
+    })
+    .await;
+
+    let (rows, users): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(DISTINCT user_id) FROM applied_in")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!((rows, users), (40, 40), "each event applied exactly once");
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT attempts FROM webhook_events")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, vec![1]);
+    assert_eq!(
+        queue_depth(&broker, &broker.names.dead_letter_queue).await,
+        0
+    );
+    worker.stop().await;
+}
