@@ -389,3 +389,68 @@ async fn the_contract_step_gives_way_to_a_long_transaction_and_completes_after_i
         ]
     );
 }
+
+/// Migration 20261224000001: the ingress stores the body once. Events stored
+/// before keep their payload, the view reads the payload of the new ones from
+/// their bytes, and a row needs one or the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_stored_before_the_body_was_stored_once_keep_their_payload() {
+    let db = TestDb::before(20261224000001).await;
+    // The previous release stored both; its payload differs here from the
+    // bytes' JSON only so that the test can tell which one the view reads.
+    sqlx::query(
+        "INSERT INTO webhook_events (webhook_id, event_type, payload, raw_body) VALUES \
+         ('msg_before', 'user.created', '{\"type\": \"user.created\", \"stored\": true}', \
+          convert_to('{\"type\": \"user.created\"}', 'UTF8'))",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    shared::db::migrate(&db.pool).await.unwrap();
+
+    let payload = |id: &'static str| {
+        let pool = db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, serde_json::Value>(
+                "SELECT payload FROM webhook_events WHERE webhook_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        payload("msg_before").await,
+        serde_json::json!({"type": "user.created", "stored": true})
+    );
+    // Stored the new way: the bytes only.
+    sqlx::raw_sql(
+        "INSERT INTO webhook_event_bodies (webhook_id, event_type, raw_body) \
+         VALUES ('msg_after', 'user.created', convert_to('{\"type\": \"user.created\"}', 'UTF8')); \
+         INSERT INTO webhook_event_states (event_id) \
+         SELECT id FROM webhook_event_bodies WHERE webhook_id = 'msg_after'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        payload("msg_after").await,
+        serde_json::json!({"type": "user.created"})
+    );
+    // Neither bytes nor payload: refused.
+    let refused = sqlx::query(
+        "INSERT INTO webhook_event_bodies (webhook_id, event_type) VALUES ('msg_empty', 'user.created')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("23514")
+    );
+}

@@ -59,10 +59,10 @@ pub const DELIVERIES_PER_APPLIER: usize = 4;
 /// [`DELIVERIES_PER_APPLIER`] deliveries in flight (`WORKER_CONCURRENCY`),
 /// at least one, at most [`MAX_APPLIERS`]. A batch locks and marks its
 /// events with one statement each, so a larger batch costs PostgreSQL less
-/// per event, but its handlers' statements run one after the other: with
-/// the default 16 in flight, 4 appliers were faster than 2 (round trips in
-/// a row) and than 8 or 16 (smaller batches, more PostgreSQL CPU per event)
-/// (BENCHMARKS.md).
+/// per event, but its handlers' statements run one after the other. With
+/// the default 16 in flight, 4 appliers did at least as well as 2 (more
+/// round trips in a row) and as 8 (smaller batches, more PostgreSQL CPU per
+/// event), and better than 16 (BENCHMARKS.md).
 pub fn appliers(concurrency: u16) -> usize {
     (usize::from(concurrency) / DELIVERIES_PER_APPLIER).clamp(1, MAX_APPLIERS)
 }
