@@ -26,3 +26,34 @@ SELECT b.id, b.webhook_id, b.event_type,
        b.traceparent, b.subject
 FROM webhook_event_bodies b
 JOIN webhook_event_states s ON s.event_id = b.id;
+
+-- An update through the view keeps the table's `payload` as it is (NULL for a
+-- body stored once) unless the update changes the payload itself, instead of
+-- writing back the payload the view computed from the bytes.
+CREATE OR REPLACE FUNCTION webhook_events_update() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+BEGIN
+    IF (NEW.id, NEW.webhook_id, NEW.event_type, NEW.payload, NEW.raw_body, NEW.received_at,
+        NEW.traceparent, NEW.subject)
+       IS DISTINCT FROM
+       (OLD.id, OLD.webhook_id, OLD.event_type, OLD.payload, OLD.raw_body, OLD.received_at,
+        OLD.traceparent, OLD.subject) THEN
+        UPDATE webhook_event_bodies SET
+            id = NEW.id, webhook_id = NEW.webhook_id, event_type = NEW.event_type,
+            payload = CASE WHEN NEW.payload IS DISTINCT FROM OLD.payload
+                           THEN NEW.payload ELSE payload END,
+            raw_body = NEW.raw_body, received_at = NEW.received_at,
+            traceparent = NEW.traceparent, subject = NEW.subject
+        WHERE id = OLD.id;
+    END IF;
+    IF (NEW.published_at, NEW.processed_at, NEW.status, NEW.attempts, NEW.last_error)
+       IS DISTINCT FROM
+       (OLD.published_at, OLD.processed_at, OLD.status, OLD.attempts, OLD.last_error) THEN
+        UPDATE webhook_event_states SET
+            published_at = NEW.published_at, processed_at = NEW.processed_at,
+            status = NEW.status, attempts = NEW.attempts, last_error = NEW.last_error
+        WHERE event_id = NEW.id;
+    END IF;
+    RETURN NEW;
+END
+$$;

@@ -28,7 +28,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
         &config.database.database_url,
         POOL_SIZE,
         config.database.patience(),
-        shared::db::Checkout::Checked,
     )
     .await?;
     match &config.command {

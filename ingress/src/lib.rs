@@ -79,7 +79,6 @@ impl Ingress {
             &settings.database_url,
             MAX_DB_CONNECTIONS,
             settings.database_patience,
-            shared::db::Checkout::Checked,
         )
         .await?;
         Ok(Self::with_pool(settings, listener, ops_listener, pool))

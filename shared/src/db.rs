@@ -102,62 +102,26 @@ pub enum DbError {
 /// without it: building an index may take longer.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether a pool checks a connection with a round trip each time it hands
-/// it out. Either way a connection is checked when it comes back, and one
-/// that fails the check is closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Checkout {
-    /// Checked: a connection the server dropped while it sat idle is
-    /// replaced before anyone uses it.
-    Checked,
-    /// Not checked: one round trip less per transaction. A connection the
-    /// server dropped while it sat idle fails its first statement (and is
-    /// closed when it comes back). For callers that try a failed transaction
-    /// again anyway, like the worker's consumer (BENCHMARKS.md).
-    Unchecked,
-}
-
-/// Builds a pool without connecting yet, with [`Checkout::Checked`]. Every
-/// session it opens has [`STATEMENT_TIMEOUT`].
+/// Builds a pool without connecting yet. Every session it opens has
+/// [`STATEMENT_TIMEOUT`].
 pub fn pool(url: &Secret<String>, max_connections: u32) -> Result<PgPool, DbError> {
-    pool_with(url, max_connections, Checkout::Checked)
-}
-
-/// [`pool`] with the given [`Checkout`].
-pub fn pool_with(
-    url: &Secret<String>,
-    max_connections: u32,
-    checkout: Checkout,
-) -> Result<PgPool, DbError> {
     let options = connect_options(url.expose())?.options([(
         "statement_timeout",
         format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
     )]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
-        .test_before_acquire(checkout == Checkout::Checked)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_lazy_with(options))
 }
 
-/// Builds a pool ([`Checkout::Checked`]) and waits up to `patience` for the
-/// server to answer.
+/// Builds a pool and waits up to `patience` for the server to answer.
 pub async fn connect(
     url: &Secret<String>,
     max_connections: u32,
     patience: Duration,
 ) -> Result<PgPool, DbError> {
-    connect_with(url, max_connections, patience, Checkout::Checked).await
-}
-
-/// [`connect`] with the given [`Checkout`].
-pub async fn connect_with(
-    url: &Secret<String>,
-    max_connections: u32,
-    patience: Duration,
-    checkout: Checkout,
-) -> Result<PgPool, DbError> {
-    let pool = pool_with(url, max_connections, checkout)?;
+    let pool = pool(url, max_connections)?;
     wait_until_reachable(&pool, patience)
         .await
         .map_err(|error| unreachable(url.expose(), &error))?;
@@ -267,9 +231,8 @@ pub async fn connect_and_migrate(
     url: &Secret<String>,
     max_connections: u32,
     patience: Duration,
-    checkout: Checkout,
 ) -> Result<PgPool, DbError> {
-    let pool = connect_with(url, max_connections, patience, checkout).await?;
+    let pool = connect(url, max_connections, patience).await?;
     migrate(&pool).await?;
     Ok(pool)
 }

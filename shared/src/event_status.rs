@@ -147,7 +147,9 @@ pub struct Message<'a> {
 /// message, in the order given: the locked state, or `None` when no event
 /// has that svix id. One statement for any number of messages, each naming
 /// a different event (the caller leaves copies out). Two transactions that
-/// lock this way never wait for each other in a cycle.
+/// lock their event states this way, before anything else, never wait for
+/// each other's event states in a cycle (the rows their handlers write are
+/// another matter: a deadlock there is a lost conflict, tried again).
 pub async fn lock(
     conn: &mut PgConnection,
     messages: &[Message<'_>],

@@ -59,6 +59,27 @@ fn a_missing_webhook_secret_stops_the_ingress() {
 }
 
 #[test]
+fn a_worker_given_no_runtime_thread_stops_with_a_clear_message() {
+    let mut worker = Service::start(
+        "worker",
+        &["migrate"],
+        &[
+            ("DATABASE_URL", "postgres://127.0.0.1:1/unused"),
+            ("TOKIO_WORKER_THREADS", "0"),
+        ],
+    );
+
+    let (status, stderr) = worker.wait_exit(DEADLINE);
+
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("TOKIO_WORKER_THREADS must be a number of threads above 0"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
 fn an_unreachable_database_stops_the_ingress_with_a_clear_message() {
     let mut ingress = Service::start(
         "ingress",

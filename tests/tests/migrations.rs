@@ -13,14 +13,9 @@ async fn eight_services_migrating_one_empty_database_at_once_apply_each_migratio
     let results = futures_util::future::join_all((0..8).map(|_| {
         let url = url.clone();
         tokio::spawn(async move {
-            shared::db::connect_and_migrate(
-                &url,
-                2,
-                Duration::from_secs(10),
-                shared::db::Checkout::Checked,
-            )
-            .await
-            .map(|_| ())
+            shared::db::connect_and_migrate(&url, 2, Duration::from_secs(10))
+                .await
+                .map(|_| ())
         })
     }))
     .await;

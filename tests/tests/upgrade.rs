@@ -439,6 +439,19 @@ async fn events_stored_before_the_body_was_stored_once_keep_their_payload() {
         payload("msg_after").await,
         serde_json::json!({"type": "user.created"})
     );
+    // An update through the view that leaves the payload alone keeps the
+    // body stored once.
+    sqlx::query("UPDATE webhook_events SET subject = 'user_after' WHERE webhook_id = 'msg_after'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let stored: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT payload FROM webhook_event_bodies WHERE webhook_id = 'msg_after'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, None);
     // Neither bytes nor payload: refused.
     let refused = sqlx::query(
         "INSERT INTO webhook_event_bodies (webhook_id, event_type) VALUES ('msg_empty', 'user.created')",

@@ -95,7 +95,6 @@ impl Worker {
             &settings.database_url,
             pool_size(settings.concurrency),
             settings.database_patience,
-            shared::db::Checkout::Unchecked,
         )
         .await?;
         let names = Names::new(&settings.amqp_prefix);

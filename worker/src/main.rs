@@ -38,15 +38,25 @@ fn main() {
         // single-threaded here.
         std::env::set_var("RUST_LOG", "warn,lapin=off");
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
     // One runtime thread unless TOKIO_WORKER_THREADS says otherwise: the
     // worker mostly waits for PostgreSQL and the broker, and with more
     // threads each delivery crosses between them, which costs more CPU than
     // the work (BENCHMARKS.md). Workers scale as processes.
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        builder.worker_threads(1);
-    }
-    let runtime = match builder.enable_all().build() {
+    let threads = match std::env::var("TOKIO_WORKER_THREADS") {
+        Err(std::env::VarError::NotPresent) => 1,
+        Ok(value) if value.trim().parse::<usize>().is_ok_and(|n| n > 0) => {
+            value.trim().parse().unwrap_or(1)
+        }
+        _ => {
+            eprintln!("worker: TOKIO_WORKER_THREADS must be a number of threads above 0");
+            std::process::exit(1);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("worker: cannot start the async runtime: {error}");

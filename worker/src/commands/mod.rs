@@ -91,7 +91,6 @@ async fn database(config: &Config) -> anyhow::Result<PgPool> {
         &config.database.database_url,
         COMMAND_POOL_SIZE,
         config.database.patience(),
-        shared::db::Checkout::Checked,
     )
     .await?)
 }

@@ -81,7 +81,8 @@ pub fn classify(error: &HandlerError) -> Failure {
 /// - outage: the connection broke or could not be had (I/O, TLS, protocol,
 ///   pool timeout or closed), and the SQLSTATEs of an unavailable server:
 ///   class 08 (connection exception), 57P01–57P03 (shut down, crashed, not
-///   accepting connections yet), class 53 (insufficient resources: disk full,
+///   accepting connections yet), 57P05 (an idle session the server closed,
+///   `idle_session_timeout`), class 53 (insufficient resources: disk full,
 ///   out of memory, too many connections);
 /// - permanent: class 22 (data exception) and class 23 (integrity
 ///   violation): the same event fails the same way every time;
@@ -121,7 +122,7 @@ fn classify_sqlstate(code: Option<&str>) -> Failure {
     match code.get(..2) {
         Some("08" | "53") => Failure::Outage,
         Some("22" | "23") => Failure::Permanent,
-        _ if matches!(code, "57P01" | "57P02" | "57P03") => Failure::Outage,
+        _ if matches!(code, "57P01" | "57P02" | "57P03" | "57P05") => Failure::Outage,
         _ => Failure::Transient,
     }
 }
@@ -253,6 +254,7 @@ mod tests {
             ("57P01 admin shutdown", server("57P01"), Outage),
             ("57P02 crash shutdown", server("57P02"), Outage),
             ("57P03 cannot connect now", server("57P03"), Outage),
+            ("57P05 idle session timeout", server("57P05"), Outage),
             ("53300 too many connections", server("53300"), Outage),
             ("53100 disk full", server("53100"), Outage),
             ("53200 out of memory", server("53200"), Outage),
