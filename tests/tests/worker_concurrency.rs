@@ -306,16 +306,10 @@ async fn failing_events_wait_in_delay_queues_so_300_healthy_ones_behind_them_are
     assert_eq!(healthy_attempts, 300, "each healthy event took one attempt");
 }
 
-/// Deliveries that are ready together share one transaction, each in a
-/// savepoint of its own: an event that fails in the middle of a batch rolls
-/// back alone (it ends dead-lettered with its attempt counted), and the
-/// events of the same transaction commit, each applied exactly once.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failing_event_rolls_back_alone_and_the_events_of_its_transaction_commit() {
-    let db = TestDb::new().await;
-    let broker = TestBroker::new().await;
-    // Every user insert that commits logs its top-level transaction; the
-    // failing ones name theirs in the error they raise.
+/// Every user insert that commits logs its top-level transaction in
+/// `applied_in`; one for a user whose id starts with `user_failing_` raises
+/// an error naming its transaction instead.
+async fn log_user_inserts(db: &TestDb) {
     sqlx::raw_sql(
         "CREATE TABLE applied_in (user_id text, tx bigint); \
          CREATE FUNCTION log_or_fail() RETURNS trigger LANGUAGE plpgsql AS $$ \
@@ -332,6 +326,26 @@ async fn a_failing_event_rolls_back_alone_and_the_events_of_its_transaction_comm
     .execute(&db.pool)
     .await
     .unwrap();
+}
+
+/// Committed user inserts logged by [`log_user_inserts`], and how many users
+/// they name.
+async fn user_inserts(db: &TestDb) -> (i64, i64) {
+    sqlx::query_as("SELECT count(*), count(DISTINCT user_id) FROM applied_in")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// Deliveries that are ready together share one transaction, each in a
+/// savepoint of its own: an event that fails in the middle of a batch rolls
+/// back alone (it ends dead-lettered with its attempt counted), and the
+/// events of the same transaction commit, each applied exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_event_rolls_back_alone_and_the_events_of_its_transaction_commit() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    log_user_inserts(&db).await;
     // Queued before the worker starts, so its deliveries arrive together.
     let events: Vec<(String, Vec<u8>)> = (0..120)
         .map(|i| {
@@ -362,11 +376,7 @@ async fn a_failing_event_rolls_back_alone_and_the_events_of_its_transaction_comm
     .await;
 
     // Each healthy user was inserted by exactly one committed transaction.
-    let (rows, users): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT user_id) FROM applied_in")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (rows, users) = user_inserts(&db).await;
     assert_eq!((rows, users), (108, 108));
     // A transaction in which an event failed committed the others.
     let shared: i64 = sqlx::query_scalar(
@@ -401,17 +411,7 @@ async fn a_failing_event_rolls_back_alone_and_the_events_of_its_transaction_comm
 async fn copies_of_an_event_delivered_together_are_applied_once() {
     let db = TestDb::new().await;
     let broker = TestBroker::new().await;
-    // Every user insert that commits logs its transaction.
-    sqlx::raw_sql(
-        "CREATE TABLE applied_in (user_id text, tx bigint); \
-         CREATE FUNCTION log_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN INSERT INTO applied_in VALUES (NEW.id, txid_current()); RETURN NEW; END $$; \
-         CREATE TRIGGER log_insert BEFORE INSERT ON users \
-             FOR EACH ROW EXECUTE FUNCTION log_insert()",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
+    log_user_inserts(&db).await;
     // Each event queued three times before the worker starts, so copies
     // arrive side by side and land in the same batches.
     let events: Vec<(String, Vec<u8>)> = (0..40)
@@ -430,11 +430,7 @@ async fn copies_of_an_event_delivered_together_are_applied_once() {
     })
     .await;
 
-    let (rows, users): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT user_id) FROM applied_in")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let (rows, users) = user_inserts(&db).await;
     assert_eq!((rows, users), (40, 40), "each event applied exactly once");
     let attempts: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT attempts FROM webhook_events")
         .fetch_all(&db.pool)

@@ -29,8 +29,10 @@
 //! states in the same order; a second copy of an event already in the batch
 //! is attempted alone (it waits for the batch's lock, then finds the event
 //! applied; should it deadlock with the batch over a row their handlers
-//! both write, that is a lost conflict, tried again without counting). At most 32 savepoints per transaction keeps within the
-//! subtransactions PostgreSQL tracks per session without overflowing to disk.
+//! both write, that is a lost conflict, tried again without counting).
+//!
+//! At most 32 savepoints per transaction keeps within the subtransactions
+//! PostgreSQL tracks per session without overflowing to disk.
 
 use std::sync::Arc;
 
