@@ -153,17 +153,18 @@ impl Applier {
             // A copy of an event already in the batch (re-published while the
             // first was in flight) is attempted alone: it waits for the
             // batch's lock on the event and then finds it applied.
-            let (batch, copies): (Vec<_>, Vec<_>) = {
-                let mut previous: Option<String> = None;
-                batch.into_iter().partition(|request| {
-                    let first = previous.as_deref() != Some(request.webhook_id.as_str());
-                    previous = Some(request.webhook_id.clone());
-                    first
-                })
-            };
-            for copy in copies {
-                let _ = copy.reply.send(Outcome::Alone);
+            let mut firsts: Vec<Request> = Vec::with_capacity(batch.len());
+            for request in batch {
+                if firsts
+                    .last()
+                    .is_some_and(|last| last.webhook_id == request.webhook_id)
+                {
+                    let _ = request.reply.send(Outcome::Alone);
+                } else {
+                    firsts.push(request);
+                }
             }
+            let batch = firsts;
             match self.apply(&batch).await {
                 Ok(outcomes) => {
                     for (request, outcome) in batch.into_iter().zip(outcomes) {
