@@ -9,9 +9,10 @@
 //! is in flight. Copies of one svix-id inside a batch are answered like copies
 //! across batches: the first is stored, the others are duplicates.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use sqlx::PgPool;
+use shared::db::kept::KeptConnection;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
 /// Events written by one statement at most.
@@ -20,6 +21,10 @@ pub const MAX_BATCH: usize = 256;
 /// 2 cores (BENCHMARKS.md): 2 beat 1 (commits serialise) and 4 (smaller
 /// batches, more transactions).
 pub const WRITERS: usize = 2;
+/// How long one batch's insert may take before its writer gives up on its
+/// connection and answers an error: well within the requests' own
+/// `STORE_TIMEOUT`, so they hear of it.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 /// Events waiting for a writer before new requests wait for room.
 const QUEUE: usize = 4096;
 
@@ -73,7 +78,7 @@ impl Store {
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..WRITERS {
             let writer = Writer {
-                pool: pool.clone(),
+                connection: KeptConnection::new(pool.clone(), WRITE_DEADLINE),
                 receiver: receiver.clone(),
                 relay_wakeup: relay_wakeup.clone(),
             };
@@ -94,13 +99,14 @@ impl Store {
 }
 
 struct Writer {
-    pool: PgPool,
+    /// Kept between batches: no pool checkout per commit.
+    connection: KeptConnection,
     receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
     relay_wakeup: Arc<Notify>,
 }
 
 impl Writer {
-    async fn run(self) {
+    async fn run(mut self) {
         loop {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             {
@@ -113,7 +119,7 @@ impl Writer {
         }
     }
 
-    async fn write(&self, batch: Vec<Request>) {
+    async fn write(&mut self, batch: Vec<Request>) {
         // The first copy of each svix-id is inserted; later copies in the same
         // batch are duplicates of it.
         let mut seen = HashSet::with_capacity(batch.len());
@@ -123,7 +129,11 @@ impl Writer {
         // Concurrent batches take their unique-index locks in the same order,
         // so two batches holding the same svix-ids cannot deadlock.
         firsts.sort_by(|a, b| a.event.webhook_id.cmp(&b.event.webhook_id));
-        match insert(&self.pool, &firsts).await {
+        match self
+            .connection
+            .run(async |connection| insert(connection, &firsts).await)
+            .await
+        {
             Ok(inserted) => {
                 if !inserted.is_empty() {
                     self.relay_wakeup.notify_one();
@@ -144,7 +154,11 @@ impl Writer {
                 // One body PostgreSQL refuses must not fail the others: write
                 // this batch one event at a time.
                 for request in firsts.into_iter().chain(copies) {
-                    let result = insert(&self.pool, std::slice::from_ref(&request))
+                    let result = self
+                        .connection
+                        .run(async |connection| {
+                            insert(connection, std::slice::from_ref(&request)).await
+                        })
                         .await
                         .map(|inserted| {
                             if inserted.is_empty() {
@@ -175,7 +189,10 @@ impl Writer {
 }
 
 /// Inserts the batch in one statement; returns the svix-ids it stored.
-async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<String>, sqlx::Error> {
+async fn insert(
+    connection: &mut PgConnection,
+    batch: &[Request],
+) -> Result<HashSet<String>, sqlx::Error> {
     let mut ids = Vec::with_capacity(batch.len());
     let mut types = Vec::with_capacity(batch.len());
     let mut subjects = Vec::with_capacity(batch.len());
@@ -209,7 +226,7 @@ async fn insert(pool: &PgPool, batch: &[Request]) -> Result<HashSet<String>, sql
     .bind(&bodies)
     .bind(&traceparents)
     .bind(&subjects)
-    .fetch_all(pool)
+    .fetch_all(connection)
     .await?;
     Ok(stored.into_iter().collect())
 }

@@ -15,6 +15,8 @@
 //! `verify-ca`. A certificate that does not verify stops a service at once
 //! with one line saying why: waiting cannot fix it.
 
+pub mod kept;
+
 use std::{str::FromStr, time::Duration};
 
 use backon::Retryable;

@@ -180,3 +180,88 @@ async fn a_worker_killed_mid_stream_loses_nothing_and_applies_nothing_twice() {
     );
     assert!(broker.take(&broker.names.dead_letter_queue).await.is_none());
 }
+
+/// The server process behind the kept connection.
+async fn backend(kept: &mut shared::db::kept::KeptConnection) -> Result<i32, sqlx::Error> {
+    kept.run(async |connection| {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(connection)
+            .await
+    })
+    .await
+}
+
+/// Whether the server still runs backend `pid`.
+async fn backend_alive(db: &TestDb, pid: i32) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+        .bind(pid)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+}
+
+/// A connection kept between uses serves them all while it works; a use that
+/// fails, that finds it dropped, or that overruns its deadline gives it up,
+/// and the next use gets a fresh one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_connection_is_reused_until_a_use_fails_or_overruns_and_then_replaced() {
+    let db = TestDb::new().await;
+    let pool = shared::db::pool(&shared::secret::Secret::new(db.url(None)), 2).unwrap();
+    let mut kept = shared::db::kept::KeptConnection::new(pool, Duration::from_millis(500));
+
+    let first = backend(&mut kept).await.unwrap();
+    assert_eq!(
+        backend(&mut kept).await.unwrap(),
+        first,
+        "kept between uses"
+    );
+
+    // A use that fails gives the connection up: its state is unknown.
+    let failed: Result<(), sqlx::Error> = kept
+        .run(async |connection| {
+            sqlx::query("SELECT no_such_column FROM pg_class")
+                .execute(connection)
+                .await
+                .map(drop)
+        })
+        .await;
+    assert!(failed.is_err());
+    let second = backend(&mut kept).await.unwrap();
+    assert_ne!(second, first);
+    wait_for_backend_gone(&db, first).await;
+
+    // The server drops it: that use fails, the next one works.
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(second)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_for_backend_gone(&db, second).await;
+    assert!(backend(&mut kept).await.is_err());
+    let third = backend(&mut kept).await.unwrap();
+    assert_ne!(third, second);
+
+    // A use that overruns its deadline is abandoned with its connection (the
+    // server notices once the statement ends).
+    let overran: Result<(), sqlx::Error> = kept
+        .run(async |connection| {
+            sqlx::query("SELECT pg_sleep(3)")
+                .execute(connection)
+                .await
+                .map(drop)
+        })
+        .await;
+    match overran {
+        Err(sqlx::Error::Io(error)) => assert_eq!(error.kind(), std::io::ErrorKind::TimedOut),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    wait_for_backend_gone(&db, third).await;
+    assert_ne!(backend(&mut kept).await.unwrap(), third);
+}
+
+async fn wait_for_backend_gone(db: &TestDb, pid: i32) {
+    e2e::wait_for("the abandoned connection to close", DEADLINE, || async {
+        (!backend_alive(db, pid).await).then_some(())
+    })
+    .await;
+}

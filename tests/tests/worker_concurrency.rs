@@ -443,3 +443,85 @@ async fn copies_of_an_event_delivered_together_are_applied_once() {
     );
     worker.stop().await;
 }
+
+/// Upserts of distinct users that are ready together are applied by one
+/// statement; events of a user another event of the same batch concerns are
+/// applied one by one, in order. Either way the mirror ends as if every
+/// event had been applied in turn, each exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn upserts_of_distinct_users_share_a_statement_and_the_mirror_ends_as_if_applied_in_turn() {
+    let db = TestDb::new().await;
+    let broker = TestBroker::new().await;
+    // Each INSERT statement on users logs how many users it inserted.
+    sqlx::raw_sql(
+        "CREATE TABLE insert_statements (inserted bigint); \
+         CREATE FUNCTION log_insert_statement() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN \
+             INSERT INTO insert_statements SELECT count(*) FROM new_users; \
+             RETURN NULL; \
+         END $$; \
+         CREATE TRIGGER log_insert_statement AFTER INSERT ON users \
+             REFERENCING NEW TABLE AS new_users \
+             FOR EACH STATEMENT EXECUTE FUNCTION log_insert_statement()",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // Every user is created; a third are updated afterwards, and a sixth get
+    // an update older than their creation, which changes nothing.
+    let mut events: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..90 {
+        let user = format!("user_joint_{i}");
+        let email = |version: &str| format!("{version}+{user}@example.org");
+        events.push((
+            new_id(),
+            user_event("user.created", &user, &email("v1"), 10),
+        ));
+        if i % 3 == 0 {
+            events.push((
+                new_id(),
+                user_event("user.updated", &user, &email("v2"), 20),
+            ));
+        }
+        if i % 6 == 1 {
+            events.push((
+                new_id(),
+                user_event("user.updated", &user, &email("stale"), 5),
+            ));
+        }
+    }
+    let total = i64::try_from(events.len()).unwrap();
+    deliver(&db, &broker, &events).await;
+    let mut settings = e2e::worker::settings(db.url(None), e2e::amqp_url(), broker.prefix.clone());
+    settings.concurrency = 64;
+    let worker = TestWorker::spawn_with(settings).await;
+
+    wait_processed(&db, total, DEADLINE).await;
+
+    let users: Vec<(String, String)> = sqlx::query_as("SELECT id, email FROM users ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(users.len(), 90);
+    for (id, email) in users {
+        let i: usize = id.trim_start_matches("user_joint_").parse().unwrap();
+        let version = if i.is_multiple_of(3) { "v2" } else { "v1" };
+        assert_eq!(email, format!("{version}+{id}@example.org"));
+    }
+    let attempts: Vec<(String, i32)> =
+        sqlx::query_as("SELECT DISTINCT status, attempts FROM webhook_events")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, vec![("processed".to_owned(), 1)]);
+    let (statements, largest): (i64, Option<i64>) =
+        sqlx::query_as("SELECT count(*), max(inserted) FROM insert_statements")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        largest > Some(1),
+        "no statement inserted several users ({statements} statements)"
+    );
+    worker.stop().await;
+}

@@ -45,10 +45,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::Settings, consumer::Context, metrics::Metrics};
 
-/// Database connections per worker: one per delivery in flight, plus the
-/// Clerk sync, the gauges and the readiness probe.
+/// Database connections per worker: one per delivery in flight (attempts
+/// made alone), one kept by each batch applier, plus the Clerk sync, the
+/// gauges and the readiness probe.
 fn pool_size(concurrency: u16) -> u32 {
-    u32::from(concurrency) + 4
+    let appliers = u32::try_from(consumer::batch::appliers(concurrency)).unwrap_or(u32::MAX);
+    u32::from(concurrency)
+        .saturating_add(appliers)
+        .saturating_add(4)
 }
 
 /// Start-up and run failures.

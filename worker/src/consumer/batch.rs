@@ -34,16 +34,20 @@
 //! At most 32 savepoints per transaction keeps within the subtransactions
 //! PostgreSQL tracks per session without overflowing to disk.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use sqlx::PgPool;
+use shared::db::kept::KeptConnection;
+use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tracing::Instrument as _;
 
 use shared::event_status::{self, Message, Status};
 
-use super::{apply_locked, apply_one, decision::lost_a_conflict, Attempt};
-use crate::{credits::Catalog, handlers::HandlerError};
+use super::{apply_one, check, decision::lost_a_conflict, Attempt, Checked};
+use crate::{
+    credits::Catalog,
+    handlers::{self, Event, HandlerError},
+};
 
 /// Events per transaction at most.
 pub const MAX_BATCH: usize = 32;
@@ -53,20 +57,25 @@ const SAVEPOINTS: [&str; MAX_BATCH] = [
     "e15", "e16", "e17", "e18", "e19", "e20", "e21", "e22", "e23", "e24", "e25", "e26", "e27",
     "e28", "e29", "e30", "e31",
 ];
+/// How long one batch may take before its applier gives up on its connection
+/// and its events are attempted one by one: a batch takes milliseconds, so
+/// this only cuts short a connection that stopped answering or a long wait
+/// for a lock (the attempts alone wait for it, with the statement timeout).
+const BATCH_DEADLINE: Duration = Duration::from_secs(10);
 /// Batches applied at once, at most.
 pub const MAX_APPLIERS: usize = 16;
 
 /// Deliveries in flight per applier.
-pub const DELIVERIES_PER_APPLIER: usize = 4;
+pub const DELIVERIES_PER_APPLIER: usize = 8;
 
 /// How many batches a worker applies at once: one per
 /// [`DELIVERIES_PER_APPLIER`] deliveries in flight (`WORKER_CONCURRENCY`),
-/// at least one, at most [`MAX_APPLIERS`]. A batch locks and marks its
-/// events with one statement each, so a larger batch costs PostgreSQL less
-/// per event, but its handlers' statements run one after the other. With
-/// the default 16 in flight, 4 appliers did at least as well as 2 (more
-/// round trips in a row) and as 8 (smaller batches, more PostgreSQL CPU per
-/// event), and better than 16 (BENCHMARKS.md).
+/// at least one, at most [`MAX_APPLIERS`]. A batch locks, upserts users and
+/// marks its events with one statement each, so a larger batch costs
+/// PostgreSQL less per event, while its other handlers' statements run one
+/// after the other. With the default 16 in flight, 2 appliers did better
+/// than 4 (smaller batches, more PostgreSQL CPU per event) and than 1 (one
+/// batch's round trips at a time) (BENCHMARKS.md).
 pub fn appliers(concurrency: u16) -> usize {
     (usize::from(concurrency) / DELIVERIES_PER_APPLIER).clamp(1, MAX_APPLIERS)
 }
@@ -141,6 +150,7 @@ struct Applier {
 
 impl Applier {
     async fn run(self) {
+        let mut connection = KeptConnection::new(self.pool.clone(), BATCH_DEADLINE);
         loop {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             {
@@ -165,7 +175,7 @@ impl Applier {
                 }
             }
             let batch = firsts;
-            match self.apply(&batch).await {
+            match self.apply(&mut connection, &batch).await {
                 Ok(outcomes) => {
                     for (request, outcome) in batch.into_iter().zip(outcomes) {
                         let _ = request.reply.send(outcome);
@@ -182,29 +192,60 @@ impl Applier {
         }
     }
 
-    /// The batch in one transaction; an error here means nothing of it
-    /// committed. First without savepoints, which nearly always commits:
-    /// when an event fails, the transaction is rolled back, that event keeps
-    /// its failure, and the others are applied again, each in a savepoint.
-    async fn apply(&self, batch: &[Request]) -> Result<Vec<Outcome>, sqlx::Error> {
-        let (failed, error) = match self.apply_together(batch).await? {
+    /// The batch in one transaction. An error here means nothing of it
+    /// committed, or, when the database did not answer in time, that whether
+    /// it committed is unknown: either way every event is then attempted
+    /// alone, which finds it applied if it was.
+    ///
+    /// First without savepoints, the user upserts in one statement, which
+    /// nearly always commits. When that statement fails, the batch is
+    /// applied again with every upsert on its own, so that a failure is
+    /// pinned on its event. When an event fails, the transaction is rolled
+    /// back, that event keeps its failure, and the others are applied again,
+    /// each in a savepoint.
+    async fn apply(
+        &self,
+        connection: &mut KeptConnection,
+        batch: &[Request],
+    ) -> Result<Vec<Outcome>, sqlx::Error> {
+        let mut together = connection
+            .run(async |connection| self.apply_together(connection, batch, true).await)
+            .await?;
+        if let Together::UpsertsFailed = together {
+            together = connection
+                .run(async |connection| self.apply_together(connection, batch, false).await)
+                .await?;
+        }
+        let (failed, error) = match together {
             Together::Committed(outcomes) => return Ok(outcomes),
             Together::Failed { index, error } => (index, error),
+            // Not joined, the upserts cannot fail together; were it so, each
+            // event would still be attempted alone.
+            Together::UpsertsFailed => return Ok(batch.iter().map(|_| Outcome::Alone).collect()),
         };
         let others: Vec<&Request> = batch
             .iter()
             .enumerate()
             .filter_map(|(index, request)| (index != failed).then_some(request))
             .collect();
-        let mut outcomes = self.apply_in_savepoints(&others).await?;
+        let mut outcomes = connection
+            .run(async |connection| self.apply_in_savepoints(connection, &others).await)
+            .await?;
         outcomes.insert(failed, failure(error));
         Ok(outcomes)
     }
 
     /// Every event of the batch in one transaction, no savepoint: committed,
     /// or rolled back at the first event that failed. The states are locked
-    /// and marked with one statement each for the whole batch.
-    async fn apply_together(&self, batch: &[Request]) -> Result<Together, sqlx::Error> {
+    /// and marked with one statement each for the whole batch, and so are
+    /// the user upserts when `join_upserts`
+    /// ([`handlers::upsert_users_together`]).
+    async fn apply_together(
+        &self,
+        connection: &mut PgConnection,
+        batch: &[Request],
+        join_upserts: bool,
+    ) -> Result<Together, sqlx::Error> {
         let messages: Vec<Message<'_>> = batch
             .iter()
             .map(|request| Message {
@@ -212,15 +253,59 @@ impl Applier {
                 body: &request.body,
             })
             .collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = connection.begin().await?;
         let rows = event_status::lock(&mut tx, &messages).await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut applied: Vec<(i64, Status)> = Vec::with_capacity(batch.len());
+        let mut checked = Vec::with_capacity(batch.len());
         for (index, ((request, message), row)) in batch.iter().zip(&messages).zip(rows).enumerate()
         {
-            let attempt = apply_locked(&mut tx, &self.catalog, message, &request.routing_key, row)
-                .instrument(request.span.clone())
-                .await;
+            match check(message, &request.routing_key, row) {
+                Ok(one) => checked.push(one),
+                Err(error) => {
+                    tx.rollback().await?;
+                    return Ok(Together::Failed { index, error });
+                }
+            }
+        }
+        let events: Vec<Option<Event<'_>>> = checked
+            .iter()
+            .zip(&messages)
+            .map(|(one, message)| match one {
+                Checked::Ready(ready) => Some(ready.event(message)),
+                Checked::Ended(_) => None,
+            })
+            .collect();
+        let together = if join_upserts {
+            match handlers::upsert_users_together(&mut tx, &events).await {
+                Ok(together) => together,
+                Err(error) => {
+                    tracing::debug!(error.message = %shared::error::Chain(&error),
+                        "the joint user upserts failed; each is applied on its own");
+                    tx.rollback().await?;
+                    return Ok(Together::UpsertsFailed);
+                }
+            }
+        } else {
+            vec![None; events.len()]
+        };
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut applied: Vec<(i64, Status)> = Vec::with_capacity(batch.len());
+        for (index, (((request, message), one), together)) in batch
+            .iter()
+            .zip(&messages)
+            .zip(checked)
+            .zip(together)
+            .enumerate()
+        {
+            let attempt = match (one, together) {
+                (Checked::Ended(attempt), _) => Ok(attempt),
+                (Checked::Ready(ready), Some(done)) => Ok(ready.done(done)),
+                (Checked::Ready(ready), None) => {
+                    handlers::apply(&mut tx, &ready.event(message), &self.catalog)
+                        .instrument(request.span.clone())
+                        .await
+                        .map(|done| ready.done(done))
+                }
+            };
             match attempt {
                 Ok(attempt) => {
                     if let Attempt::Done {
@@ -246,8 +331,12 @@ impl Applier {
 
     /// Every event in a savepoint of its own, in one transaction: an event
     /// that fails rolls back to its savepoint and the others commit.
-    async fn apply_in_savepoints(&self, batch: &[&Request]) -> Result<Vec<Outcome>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+    async fn apply_in_savepoints(
+        &self,
+        connection: &mut PgConnection,
+        batch: &[&Request],
+    ) -> Result<Vec<Outcome>, sqlx::Error> {
+        let mut tx = connection.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for (index, request) in batch.iter().enumerate() {
             // Each event's savepoint nests in the previous one's rather than
@@ -297,6 +386,9 @@ enum Together {
         index: usize,
         error: HandlerError,
     },
+    /// Rolled back: the joint user upserts failed, so which event failed
+    /// is not known.
+    UpsertsFailed,
 }
 
 /// The outcome of an event that failed in a batch: its own failure, unless it

@@ -435,36 +435,76 @@ pub(crate) async fn apply_locked(
     routing_key: &str,
     row: Option<Locked>,
 ) -> Result<Attempt, HandlerError> {
+    match check(message, routing_key, row)? {
+        Checked::Ended(attempt) => Ok(attempt),
+        Checked::Ready(ready) => {
+            let applied = handlers::apply(tx, &ready.event(message), catalog).await?;
+            Ok(ready.done(applied))
+        }
+    }
+}
+
+/// What checking a locked message found.
+pub(crate) enum Checked {
+    /// The attempt ends here: not the stored event, already processed, dead.
+    Ended(Attempt),
+    /// The stored event, to apply.
+    Ready(Ready),
+}
+
+/// A message verified to be its stored event, neither processed nor dead.
+pub(crate) struct Ready {
+    row: Locked,
+    /// Its JSON, parsed from the delivered body (the stored one, verified).
+    payload: serde_json::Value,
+}
+
+impl Ready {
+    /// The event its handler applies.
+    pub(crate) fn event<'a>(&'a self, message: &event_status::Message<'a>) -> Event<'a> {
+        Event {
+            webhook_id: message.webhook_id,
+            event_type: &self.row.event_type,
+            payload: &self.payload,
+        }
+    }
+
+    /// The attempt, once its handler did `applied`.
+    pub(crate) fn done(&self, applied: Applied) -> Attempt {
+        Attempt::Done {
+            event_id: self.row.id,
+            applied,
+            received_at: self.row.received_at,
+        }
+    }
+}
+
+/// Whether the message whose state `row` is locked is to be applied.
+pub(crate) fn check(
+    message: &event_status::Message<'_>,
+    routing_key: &str,
+    row: Option<Locked>,
+) -> Result<Checked, HandlerError> {
     // Before anything that counts an attempt or marks the row: a message the
     // ingress did not store changes nothing, its row included.
     let row = match verify(row, routing_key) {
         Ok(row) => row,
-        Err(refusal) => return Ok(Attempt::Refused(refusal)),
+        Err(refusal) => return Ok(Checked::Ended(Attempt::Refused(refusal))),
     };
     if row.processed_at.is_some() {
-        return Ok(Attempt::AlreadyProcessed);
+        return Ok(Checked::Ended(Attempt::AlreadyProcessed));
     }
     if Status::parse(&row.status) == Some(Status::Dead) {
-        return Ok(Attempt::AlreadyDead {
+        return Ok(Checked::Ended(Attempt::AlreadyDead {
             attempts: row.attempts,
             last_error: row.last_error.unwrap_or_default(),
-        });
+        }));
     }
     // The message's body is the stored one (verified above): its JSON is the
     // stored payload, without reading it back from the database.
     let payload: serde_json::Value = serde_json::from_slice(message.body)
         .map_err(|error| HandlerError::Malformed(format!("the body is not JSON: {error}")))?;
-    let event = Event {
-        webhook_id: message.webhook_id,
-        event_type: &row.event_type,
-        payload: &payload,
-    };
-    let applied = handlers::apply(tx, &event, catalog).await?;
-    Ok(Attempt::Done {
-        event_id: row.id,
-        applied,
-        received_at: row.received_at,
-    })
+    Ok(Checked::Ready(Ready { row, payload }))
 }
 
 /// Whether the message is the event the ingress stored: a row with its svix

@@ -5,8 +5,11 @@ pub mod billing;
 pub mod memberships;
 pub mod users;
 
+use std::collections::HashMap;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use shared::event::user;
 use sqlx::PgConnection;
 
 use crate::credits::Catalog;
@@ -61,22 +64,115 @@ pub enum HandlerError {
     Database(#[from] sqlx::Error),
 }
 
+/// Which handler applies a type of event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handler {
+    /// `user.created`, `user.updated`.
+    UpsertUser,
+    /// `user.deleted`.
+    DeleteUser,
+    /// `subscriptionItem.*` of the credit ledger.
+    SubscriptionItem,
+    /// `paymentAttempt.updated`.
+    PaymentAttempt,
+}
+
+impl Handler {
+    /// The handler of `event_type`; `None` for the types nobody handles
+    /// (marked `ignored`).
+    fn of(event_type: &str) -> Option<Self> {
+        match event_type {
+            "user.created" | "user.updated" => Some(Self::UpsertUser),
+            "user.deleted" => Some(Self::DeleteUser),
+            "subscriptionItem.active"
+            | "subscriptionItem.updated"
+            | "subscriptionItem.canceled"
+            | "subscriptionItem.ended" => Some(Self::SubscriptionItem),
+            "paymentAttempt.updated" => Some(Self::PaymentAttempt),
+            _ => None,
+        }
+    }
+}
+
 /// Applies one event inside `tx`.
 pub async fn apply(
     tx: &mut PgConnection,
     event: &Event<'_>,
     catalog: &Catalog,
 ) -> Result<Applied, HandlerError> {
-    match event.event_type {
-        "user.created" | "user.updated" => users::upsert(tx, event).await,
-        "user.deleted" => users::delete(tx, event).await,
-        "subscriptionItem.active"
-        | "subscriptionItem.updated"
-        | "subscriptionItem.canceled"
-        | "subscriptionItem.ended" => billing::subscription_item(tx, event, catalog).await,
-        "paymentAttempt.updated" => billing::payment_attempt(tx, event, catalog).await,
-        _ => Ok(Applied::Ignored),
+    match Handler::of(event.event_type) {
+        Some(Handler::UpsertUser) => users::upsert(tx, event).await,
+        Some(Handler::DeleteUser) => users::delete(tx, event).await,
+        Some(Handler::SubscriptionItem) => billing::subscription_item(tx, event, catalog).await,
+        Some(Handler::PaymentAttempt) => billing::payment_attempt(tx, event, catalog).await,
+        None => Ok(Applied::Ignored),
     }
+}
+
+/// Applies together, in one statement ([`users::upsert_many`]), the user
+/// upserts (`user.created`, `user.updated`) of a batch that concern a user no
+/// other event of the batch concerns. Returns what each event did, `None`
+/// for the events left to [`apply`], one by one: other types, a user another
+/// event of the batch also concerns, a payload that does not parse (its
+/// error is [`apply`]'s to report). Applying those afterwards changes the
+/// same rows as applying every event in order would, since no two events
+/// from the two sets concern the same user.
+///
+/// Leaves everything to [`apply`] when fewer than two upserts qualify, or
+/// when a handled event of another type names no subject (nothing then
+/// proves it touches none of the users).
+pub async fn upsert_users_together(
+    tx: &mut PgConnection,
+    events: &[Option<Event<'_>>],
+) -> Result<Vec<Option<Applied>>, sqlx::Error> {
+    let mut answers: Vec<Option<Applied>> = vec![None; events.len()];
+    let upserts = joint_upserts(events);
+    if upserts.is_empty() {
+        return Ok(answers);
+    }
+    let users: Vec<&user::User> = upserts.iter().map(|(_, user)| user).collect();
+    let changed = users::upsert_many(tx, &users).await?;
+    for (index, user) in &upserts {
+        if let Some(event) = &events[*index] {
+            answers[*index] = Some(users::outcome(
+                event.webhook_id,
+                user,
+                changed.contains(&user.id),
+            ));
+        }
+    }
+    Ok(answers)
+}
+
+/// The upserts [`upsert_users_together`] joins, with their positions: none
+/// when fewer than two qualify.
+fn joint_upserts(events: &[Option<Event<'_>>]) -> Vec<(usize, user::User)> {
+    let mut subjects: HashMap<String, usize> = HashMap::with_capacity(events.len());
+    let mut upserts: Vec<(usize, user::User)> = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let Some(event) = event else { continue };
+        let subject = event
+            .payload
+            .get("data")
+            .and_then(|data| shared::event::subject(event.event_type, data));
+        let handler = Handler::of(event.event_type);
+        let upsert = handler == Some(Handler::UpsertUser);
+        match subject {
+            Some(subject) => *subjects.entry(subject).or_default() += 1,
+            None if handler.is_some() && !upsert => return Vec::new(),
+            None => {}
+        }
+        if upsert {
+            if let Ok(user) = data::<user::User>(event) {
+                upserts.push((index, user));
+            }
+        }
+    }
+    upserts.retain(|(_, user)| subjects.get(&user.id) == Some(&1));
+    if upserts.len() < 2 {
+        upserts.clear();
+    }
+    upserts
 }
 
 /// The event's `data`, typed.
@@ -87,4 +183,120 @@ fn data<T: DeserializeOwned>(event: &Event<'_>) -> Result<T, HandlerError> {
         .ok_or_else(|| HandlerError::Malformed(format!("{} without data", event.event_type)))?;
     T::deserialize(data)
         .map_err(|e| HandlerError::Malformed(format!("{} data: {e}", event.event_type)))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Each `(event_type, data)` as a stored payload.
+    fn payloads(events: &[(&str, Value)]) -> Vec<(String, Value)> {
+        events
+            .iter()
+            .map(|(event_type, data)| {
+                (
+                    (*event_type).to_owned(),
+                    json!({ "type": event_type, "data": data }),
+                )
+            })
+            .collect()
+    }
+
+    /// The positions [`joint_upserts`] joins among `events`.
+    fn joined(events: &[(&str, Value)]) -> Vec<usize> {
+        let payloads = payloads(events);
+        let events: Vec<Option<Event<'_>>> = payloads
+            .iter()
+            .map(|(event_type, payload)| {
+                Some(Event {
+                    webhook_id: "msg",
+                    event_type,
+                    payload,
+                })
+            })
+            .collect();
+        joint_upserts(&events)
+            .into_iter()
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    #[test]
+    fn upserts_of_distinct_users_are_joined() {
+        assert_eq!(
+            joined(&[
+                ("user.created", json!({ "id": "user_a" })),
+                ("session.created", json!({ "id": "sess_1" })),
+                ("user.updated", json!({ "id": "user_b" })),
+            ]),
+            vec![0, 2]
+        );
+    }
+
+    #[test]
+    fn a_user_two_events_of_the_batch_concern_is_left_to_each_handler_in_turn() {
+        assert_eq!(
+            joined(&[
+                ("user.created", json!({ "id": "user_a" })),
+                ("user.updated", json!({ "id": "user_a" })),
+                ("user.created", json!({ "id": "user_b" })),
+                ("user.created", json!({ "id": "user_c" })),
+                ("user.deleted", json!({ "id": "user_c", "deleted": true })),
+                ("user.created", json!({ "id": "user_d" })),
+                (
+                    "paymentAttempt.updated",
+                    json!({ "id": "pa_1", "payer": { "user_id": "user_d" } })
+                ),
+                ("user.created", json!({ "id": "user_e" })),
+            ]),
+            vec![2, 7]
+        );
+    }
+
+    #[test]
+    fn a_handled_event_without_subject_leaves_every_upsert_to_its_handler() {
+        assert_eq!(
+            joined(&[
+                ("user.created", json!({ "id": "user_a" })),
+                ("subscriptionItem.active", json!({ "id": "csub_1" })),
+                ("user.created", json!({ "id": "user_b" })),
+            ]),
+            Vec::<usize>::new()
+        );
+    }
+
+    #[test]
+    fn a_single_upsert_or_one_that_does_not_parse_is_not_joined() {
+        assert_eq!(
+            joined(&[
+                ("user.created", json!({ "id": "user_a" })),
+                ("user.created", json!({ "id": 42 })),
+                ("user.created", json!("not an object")),
+            ]),
+            Vec::<usize>::new()
+        );
+    }
+
+    #[test]
+    fn every_handled_type_has_its_handler_and_others_are_ignored() {
+        for event_type in ["user.created", "user.updated"] {
+            assert_eq!(Handler::of(event_type), Some(Handler::UpsertUser));
+        }
+        assert_eq!(Handler::of("user.deleted"), Some(Handler::DeleteUser));
+        for state in ["active", "updated", "canceled", "ended"] {
+            assert_eq!(
+                Handler::of(&format!("subscriptionItem.{state}")),
+                Some(Handler::SubscriptionItem)
+            );
+        }
+        assert_eq!(
+            Handler::of("paymentAttempt.updated"),
+            Some(Handler::PaymentAttempt)
+        );
+        for ignored in ["session.created", "subscription.active", "user", ""] {
+            assert_eq!(Handler::of(ignored), None);
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! `user.created`, `user.updated`, `user.deleted`: the local mirror of Clerk
 //! users (`SPEC.md` section 9.1).
 
+use std::collections::HashSet;
+
 use shared::event::user::{DeletedUser, User};
 use sqlx::PgConnection;
 
@@ -10,33 +12,64 @@ use super::{data, memberships, Applied, Event, HandlerError};
 /// user already deleted, changes nothing.
 pub async fn upsert(conn: &mut PgConnection, event: &Event<'_>) -> Result<Applied, HandlerError> {
     let user: User = data(event)?;
-    let changed = sqlx::query(
+    let changed = upsert_many(conn, &[&user]).await?;
+    Ok(outcome(event.webhook_id, &user, !changed.is_empty()))
+}
+
+/// Several users' upserts ([`upsert`]) in one statement: the ids of those it
+/// changed. The ids must be distinct (one statement cannot change a row
+/// twice); rows are taken in id order, as every batch takes them.
+pub async fn upsert_many(
+    conn: &mut PgConnection,
+    users: &[&User],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut sorted: Vec<&User> = users.to_vec();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    debug_assert!(sorted.windows(2).all(|pair| pair[0].id != pair[1].id));
+    let ids: Vec<&str> = sorted.iter().map(|user| user.id.as_str()).collect();
+    let emails: Vec<Option<&str>> = sorted.iter().map(|user| user.primary_email()).collect();
+    let first_names: Vec<Option<&str>> = sorted
+        .iter()
+        .map(|user| user.first_name.as_deref())
+        .collect();
+    let last_names: Vec<Option<&str>> = sorted
+        .iter()
+        .map(|user| user.last_name.as_deref())
+        .collect();
+    let updated: Vec<Option<i64>> = sorted.iter().map(|user| user.updated_at).collect();
+    let changed: Vec<String> = sqlx::query_scalar(
         "INSERT INTO users (id, email, first_name, last_name, clerk_updated_at) \
-         VALUES ($1, $2, $3, $4, $5) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
          ON CONFLICT (id) DO UPDATE SET \
              email = EXCLUDED.email, first_name = EXCLUDED.first_name, \
              last_name = EXCLUDED.last_name, clerk_updated_at = EXCLUDED.clerk_updated_at, \
              updated_at = now() \
          WHERE users.deleted_at IS NULL \
-           AND COALESCE(users.clerk_updated_at, -1) <= COALESCE(EXCLUDED.clerk_updated_at, -1)",
+           AND COALESCE(users.clerk_updated_at, -1) <= COALESCE(EXCLUDED.clerk_updated_at, -1) \
+         RETURNING id",
     )
-    .bind(&user.id)
-    .bind(user.primary_email())
-    .bind(&user.first_name)
-    .bind(&user.last_name)
-    .bind(user.updated_at)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        tracing::info!(
-            user_id = %user.id,
-            updated_at = user.updated_at,
-            "user event older than the stored user, or user deleted: nothing changed"
-        );
-        return Ok(Applied::Unchanged);
+    .bind(&ids)
+    .bind(&emails)
+    .bind(&first_names)
+    .bind(&last_names)
+    .bind(&updated)
+    .fetch_all(conn)
+    .await?;
+    Ok(changed.into_iter().collect())
+}
+
+/// What the upsert of event `webhook_id` did, logged when it changed nothing.
+pub fn outcome(webhook_id: &str, user: &User, changed: bool) -> Applied {
+    if changed {
+        return Applied::Processed;
     }
-    Ok(Applied::Processed)
+    tracing::info!(
+        webhook_id,
+        user_id = %user.id,
+        updated_at = user.updated_at,
+        "user event older than the stored user, or user deleted: nothing changed"
+    );
+    Applied::Unchanged
 }
 
 /// Marks the user deleted (a tombstone if we never saw it, so a late

@@ -1,0 +1,70 @@
+//! One connection kept by a loop between its transactions.
+//!
+//! A pooled connection costs two round trips per use besides the work: the
+//! pool checks it when lending it and again when taking it back. A loop that
+//! runs one short transaction after another on its own (a group-commit
+//! writer, a batch applier) keeps its connection instead, and bounds every
+//! use by a deadline: a use that overruns it (a connection silently dropped
+//! by a failover, a lock held for long) is abandoned with its connection,
+//! which is closed, and the next use borrows a fresh, checked one from the
+//! pool. So does a use that fails, whatever the error: the connection's
+//! state is then unknown.
+
+use std::time::Duration;
+
+use sqlx::{pool::PoolConnection, PgConnection, PgPool, Postgres};
+
+/// A connection kept between uses ([module docs](self)).
+pub struct KeptConnection {
+    pool: PgPool,
+    connection: Option<PoolConnection<Postgres>>,
+    deadline: Duration,
+}
+
+impl KeptConnection {
+    /// Borrows from `pool` at the first use; every use must end within
+    /// `deadline`.
+    pub fn new(pool: PgPool, deadline: Duration) -> Self {
+        Self {
+            pool,
+            connection: None,
+            deadline,
+        }
+    }
+
+    /// Runs `work` on the kept connection (a fresh one from the pool if
+    /// there is none). The connection is kept for the next use only when
+    /// `work` succeeded in time; `work` must leave no transaction open.
+    /// Overrunning the deadline is an I/O error of kind `TimedOut`: whether
+    /// a commit sent before it took effect is unknown.
+    pub async fn run<T, E>(
+        &mut self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<sqlx::Error>,
+    {
+        let mut connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => self.pool.acquire().await?,
+        };
+        match tokio::time::timeout(self.deadline, work(&mut connection)).await {
+            Ok(Ok(value)) => {
+                self.connection = Some(connection);
+                Ok(value)
+            }
+            Ok(Err(error)) => {
+                connection.close_on_drop();
+                Err(error)
+            }
+            Err(_) => {
+                connection.close_on_drop();
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the database did not answer in time",
+                ))
+                .into())
+            }
+        }
+    }
+}
