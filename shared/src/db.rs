@@ -105,12 +105,21 @@ pub enum DbError {
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds a pool without connecting yet. Every session it opens has
-/// [`STATEMENT_TIMEOUT`].
+/// [`STATEMENT_TIMEOUT`] and plans each execution of a prepared statement
+/// for its parameters (`plan_cache_mode = force_custom_plan`). Otherwise,
+/// after five executions, a session may keep one generic plan for good, and
+/// a plan made while a table was nearly empty scans the whole table once it
+/// has grown (a batch's `= ANY($1)` update became a sequential scan and
+/// cost twenty times more, until the next `ANALYZE`). Planning these short
+/// statements costs far less.
 pub fn pool(url: &Secret<String>, max_connections: u32) -> Result<PgPool, DbError> {
-    let options = connect_options(url.expose())?.options([(
-        "statement_timeout",
-        format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
-    )]);
+    let options = connect_options(url.expose())?.options([
+        (
+            "statement_timeout",
+            format!("{}ms", STATEMENT_TIMEOUT.as_millis()),
+        ),
+        ("plan_cache_mode", "force_custom_plan".to_owned()),
+    ]);
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -52,3 +52,16 @@ async fn every_session_of_a_service_has_the_statement_timeout() {
 
     assert_eq!(timeout, "30s");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_session_of_a_service_plans_each_statement_for_its_parameters() {
+    let db = TestDb::new().await;
+    let pool = shared::db::pool(&Secret::new(db.url(None)), 2).expect("pool");
+
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(&pool)
+        .await
+        .expect("show");
+
+    assert_eq!(mode, "force_custom_plan");
+}
