@@ -39,6 +39,9 @@ pub struct Envelope {
     pub event_type: String,
     /// The user or organization the event concerns ([`subject`]).
     pub subject: Option<String>,
+    /// PostgreSQL's `jsonb` surely accepts the body ([`jsonb_accepts`]);
+    /// when false, only PostgreSQL can tell.
+    pub jsonb_safe: bool,
 }
 
 /// Reads the type and the subject of a raw body, parsing it once: it must be
@@ -53,10 +56,37 @@ pub fn envelope(body: &[u8]) -> Result<Envelope, PayloadError> {
     let subject = object
         .get("data")
         .and_then(|data| subject(&event_type, data));
+    let jsonb_safe = jsonb_accepts(body, &object);
     Ok(Envelope {
         event_type,
         subject,
+        jsonb_safe,
     })
+}
+
+/// Whether PostgreSQL's `jsonb` surely accepts a UTF-8 body serde parsed as
+/// `object`. The two parsers differ only on escapes and numbers: `jsonb`
+/// refuses a `\u0000` escape and lone surrogates, and numbers past its
+/// numeric range (an exponent beyond about ±16000 for fractions, ±131000
+/// for large numbers), which serde reads as 0, a subnormal or an infinity.
+/// So any `\u` in the body, or a fractional number that is 0, tinier than
+/// 1e-300 or not finite, answers false: not "refused", only "let
+/// PostgreSQL check". Nesting is no concern: serde stops at 128 levels,
+/// far below PostgreSQL's limit.
+pub fn jsonb_accepts(body: &[u8], object: &Map<String, Value>) -> bool {
+    fn numbers_fit(value: &Value) -> bool {
+        match value {
+            Value::Number(number) => match (number.is_f64(), number.as_f64()) {
+                (false, _) => true,
+                (true, Some(x)) => x.is_finite() && x.abs() >= 1e-300,
+                (true, None) => false,
+            },
+            Value::Array(items) => items.iter().all(numbers_fit),
+            Value::Object(fields) => fields.values().all(numbers_fit),
+            Value::Null | Value::Bool(_) | Value::String(_) => true,
+        }
+    }
+    !body.windows(2).any(|pair| pair == b"\\u") && object.values().all(numbers_fit)
 }
 
 /// The Clerk user or organization id an event concerns, from its `data`:
@@ -189,6 +219,7 @@ mod tests {
             Ok(Envelope {
                 event_type: "user.updated".to_owned(),
                 subject: Some("user_1".to_owned()),
+                jsonb_safe: true,
             })
         );
         assert_eq!(
@@ -196,6 +227,33 @@ mod tests {
             Ok(None)
         );
         assert_eq!(envelope(br#"{"data":{}}"#), Err(PayloadError::MissingType));
+    }
+
+    /// Whether [`envelope`] finds `body` surely storable as `jsonb`.
+    fn safe(body: &str) -> bool {
+        envelope(body.as_bytes()).unwrap().jsonb_safe
+    }
+
+    #[test]
+    fn plain_json_is_surely_accepted_by_jsonb() {
+        assert!(safe(
+            r#"{"type":"user.created","data":{"id":"user_1","n":[1,-2,3.5,1e300,18446744073709551615,-1e-300],"ok":true,"name":"Zoë 名前","x":null}}"#
+        ));
+    }
+
+    #[test]
+    fn escapes_and_numbers_jsonb_may_refuse_are_left_to_postgresql() {
+        for body in [
+            r#"{"type":"user.created","data":{"x":"\u0000"}}"#,
+            // Harmless, but told apart from the above only by PostgreSQL.
+            r#"{"type":"user.created","data":{"x":"\u00e9"}}"#,
+            r#"{"type":"user.created","data":{"x":"a\\u"}}"#,
+            r#"{"type":"user.created","data":{"n":1e-20000}}"#,
+            r#"{"type":"user.created","data":{"n":[0.0]}}"#,
+            r#"{"type":"user.created","data":{"n":{"m":1e-310}}}"#,
+        ] {
+            assert!(!safe(body), "{body}");
+        }
     }
 }
 

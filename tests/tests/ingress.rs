@@ -269,6 +269,7 @@ async fn a_verified_body_that_is_not_a_clerk_event_answers_invalid_payload() {
         b"\xff\xfe{\"type\":\"user.created\"}".to_vec(),
         // Valid JSON that PostgreSQL's jsonb refuses.
         b"{\"type\":\"user.created\",\"data\":{\"x\":\"\\u0000\"}}".to_vec(),
+        b"{\"type\":\"user.created\",\"data\":{\"n\":1e-20000}}".to_vec(),
     ];
 
     for body in bodies {

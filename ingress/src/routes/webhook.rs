@@ -242,6 +242,7 @@ async fn accept(
     let event::Envelope {
         event_type,
         subject,
+        jsonb_safe,
     } = event::envelope(&body)?;
     // envelope() parsed the body as JSON, which guarantees valid UTF-8 (the
     // store reads it as text).
@@ -252,6 +253,7 @@ async fn accept(
         event_type: event_type.clone(),
         subject,
         raw_body: body.clone(),
+        jsonb_safe,
         traceparent: shared::telemetry::current_traceparent(),
     });
     let stored = tokio::time::timeout(STORE_TIMEOUT, store)
