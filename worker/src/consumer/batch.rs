@@ -65,17 +65,17 @@ const BATCH_DEADLINE: Duration = Duration::from_secs(10);
 /// Batches applied at once, at most.
 pub const MAX_APPLIERS: usize = 16;
 
-/// Deliveries in flight per applier.
-pub const DELIVERIES_PER_APPLIER: usize = 8;
+/// Deliveries in flight per applier: one applier per full batch.
+pub const DELIVERIES_PER_APPLIER: usize = MAX_BATCH;
 
 /// How many batches a worker applies at once: one per
 /// [`DELIVERIES_PER_APPLIER`] deliveries in flight (`WORKER_CONCURRENCY`),
 /// at least one, at most [`MAX_APPLIERS`]. A batch locks, upserts users and
 /// marks its events with one statement each, so a larger batch costs
-/// PostgreSQL less per event, while its other handlers' statements run one
-/// after the other. With the default 16 in flight, 2 appliers did better
-/// than 4 (smaller batches, more PostgreSQL CPU per event) and than 1 (one
-/// batch's round trips at a time) (BENCHMARKS.md).
+/// PostgreSQL less per event; while one batch is applied, the deliveries
+/// that arrive meanwhile make the next one. With 16 in flight (the default)
+/// one applier did better than 2 and 4, and with 64 about as well as 2
+/// (BENCHMARKS.md).
 pub fn appliers(concurrency: u16) -> usize {
     (usize::from(concurrency) / DELIVERIES_PER_APPLIER).clamp(1, MAX_APPLIERS)
 }
