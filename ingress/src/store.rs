@@ -133,11 +133,7 @@ impl Writer {
         // Concurrent batches take their unique-index locks in the same order,
         // so two batches holding the same svix-ids cannot deadlock.
         firsts.sort_by(|a, b| a.event.webhook_id.cmp(&b.event.webhook_id));
-        match self
-            .connection
-            .run(async |connection| insert(connection, &firsts).await)
-            .await
-        {
+        match self.insert(&firsts).await {
             Ok(inserted) => {
                 if !inserted.is_empty() {
                     self.relay_wakeup.notify_one();
@@ -159,10 +155,7 @@ impl Writer {
                 // this batch one event at a time.
                 for request in firsts.into_iter().chain(copies) {
                     let result = self
-                        .connection
-                        .run(async |connection| {
-                            insert(connection, std::slice::from_ref(&request)).await
-                        })
+                        .insert(std::slice::from_ref(&request))
                         .await
                         .map(|inserted| {
                             if inserted.is_empty() {
@@ -188,6 +181,28 @@ impl Writer {
                     let _ = request.reply.send(Err(answer));
                 }
             }
+        }
+    }
+}
+
+impl Writer {
+    /// [`insert`] on the kept connection, once more on a fresh one when the
+    /// kept one was gone (a repeat stores nothing twice: a row the first try
+    /// committed is then a duplicate).
+    async fn insert(&mut self, batch: &[Request]) -> Result<HashSet<String>, sqlx::Error> {
+        let result = self
+            .connection
+            .run(async |connection| insert(connection, batch).await)
+            .await;
+        match result {
+            Err(error) if self.connection.lost_while_kept(&error) => {
+                tracing::debug!(error.message = %shared::error::Chain(&error),
+                    "the kept database connection was gone; storing the batch on a fresh one");
+                self.connection
+                    .run(async |connection| insert(connection, batch).await)
+                    .await
+            }
+            other => other,
         }
     }
 }

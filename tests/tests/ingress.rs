@@ -674,3 +674,29 @@ async fn concurrent_deliveries_share_commits_and_each_answer_follows_its_own_com
     assert_eq!((oks, duplicates), (120, 30));
     assert_eq!(stored_rows(&w.db).await, 120);
 }
+
+/// The writer keeps its database connection between batches. When the
+/// server dropped it while it sat idle (a restart, a failover), the next
+/// request is stored on a fresh connection, not answered 500.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_after_the_database_dropped_the_idle_connections_is_stored() {
+    let w = world().await;
+    let first = Delivery::signed(&w.ingress.secret, user_created("user_before_drop"));
+    assert_eq!(w.ingress.post(&first).await.0, StatusCode::OK);
+
+    let dropped: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+    )
+    .bind(&w.db.name)
+    .fetch_all(&w.db.pool)
+    .await
+    .unwrap();
+    assert!(!dropped.is_empty(), "the ingress held no connection");
+
+    let second = Delivery::signed(&w.ingress.secret, user_created("user_after_drop"));
+    let (status, answer) = w.ingress.post(&second).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "ok");
+    assert_eq!(stored_rows(&w.db).await, 2);
+}

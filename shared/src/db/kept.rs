@@ -8,7 +8,10 @@
 //! by a failover, a lock held for long) is abandoned with its connection,
 //! which is closed, and the next use borrows a fresh, checked one from the
 //! pool. So does a use that fails, whatever the error: the connection's
-//! state is then unknown.
+//! state is then unknown. Work that may run twice can tell (`lost_while_kept`)
+//! when the kept connection turned out to be gone (the server restarted
+//! or dropped it while it sat idle) and go again at once, as the pool's check
+//! would have found out before lending it.
 
 use std::time::Duration;
 
@@ -19,6 +22,8 @@ pub struct KeptConnection {
     pool: PgPool,
     connection: Option<PoolConnection<Postgres>>,
     deadline: Duration,
+    /// The last use ran on a connection kept from an earlier one.
+    last_use_kept: bool,
 }
 
 impl KeptConnection {
@@ -29,6 +34,7 @@ impl KeptConnection {
             pool,
             connection: None,
             deadline,
+            last_use_kept: false,
         }
     }
 
@@ -44,6 +50,7 @@ impl KeptConnection {
     where
         E: From<sqlx::Error>,
     {
+        self.last_use_kept = self.connection.is_some();
         let mut connection = match self.connection.take() {
             Some(connection) => connection,
             None => self.pool.acquire().await?,
@@ -66,5 +73,29 @@ impl KeptConnection {
                 .into())
             }
         }
+    }
+
+    /// Whether `error`, from the last use, means the kept connection was
+    /// gone before that use (the server restarted or dropped it while it sat
+    /// idle): work that may run twice is then worth running once more at
+    /// once, on the fresh connection the next use takes, as the pool's check
+    /// would have found out before lending it. If the first try took effect
+    /// before the connection broke, the second finds its effects.
+    pub fn lost_while_kept(&self, error: &sqlx::Error) -> bool {
+        self.last_use_kept && is_gone(error)
+    }
+}
+
+/// The connection itself broke: I/O, TLS or protocol, or the server ended
+/// the session (class 08, 57P01 admin shutdown, 57P02 crash shutdown, 57P05
+/// idle session timeout).
+fn is_gone(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(error) => error.kind() != std::io::ErrorKind::TimedOut,
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P05")
+        }),
+        _ => false,
     }
 }
