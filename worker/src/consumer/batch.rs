@@ -5,11 +5,14 @@
 //! outcome. An applier takes whatever attempts are waiting (up to
 //! [`MAX_BATCH`], nothing is held back to fill it) and applies them in one
 //! transaction: one statement locks the states of all of them, each event is
-//! checked and its handler applied in turn, one statement marks the applied
-//! ones. After the commit every task gets its outcome and only then acks:
-//! an event is applied exactly once because its effects and its
-//! `processed_at` commit together, as with a transaction of its own, and a
-//! redelivery after a crash finds `processed_at` set.
+//! checked, one statement upserts the users that only one event of the
+//! batch concerns, the other handlers are applied in turn, one statement
+//! marks the applied ones. Each applier keeps its database connection
+//! between batches ([`KeptConnection`]). After the commit every task gets
+//! its outcome and only then acks: an event is applied exactly once because
+//! its effects and its `processed_at` commit together, as with a
+//! transaction of its own, and a redelivery after a crash finds
+//! `processed_at` set.
 //!
 //! One failure never undoes the others. The first try takes no savepoints
 //! (nearly every batch commits as it is); when an event fails, the
