@@ -133,7 +133,7 @@ impl Writer {
         // Concurrent batches take their unique-index locks in the same order,
         // so two batches holding the same svix-ids cannot deadlock.
         firsts.sort_by(|a, b| a.event.webhook_id.cmp(&b.event.webhook_id));
-        match self.insert(&firsts).await {
+        match self.insert_batch(&firsts).await {
             Ok(inserted) => {
                 if !inserted.is_empty() {
                     self.relay_wakeup.notify_one();
@@ -155,7 +155,7 @@ impl Writer {
                 // this batch one event at a time.
                 for request in firsts.into_iter().chain(copies) {
                     let result = self
-                        .insert(std::slice::from_ref(&request))
+                        .insert_batch(std::slice::from_ref(&request))
                         .await
                         .map(|inserted| {
                             if inserted.is_empty() {
@@ -183,13 +183,11 @@ impl Writer {
             }
         }
     }
-}
 
-impl Writer {
     /// [`insert`] on the kept connection, once more on a fresh one when the
     /// kept one was gone (a repeat stores nothing twice: a row the first try
     /// committed is then a duplicate).
-    async fn insert(&mut self, batch: &[Request]) -> Result<HashSet<String>, sqlx::Error> {
+    async fn insert_batch(&mut self, batch: &[Request]) -> Result<HashSet<String>, sqlx::Error> {
         let result = self
             .connection
             .run(async |connection| insert(connection, batch).await)
