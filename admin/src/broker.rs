@@ -5,7 +5,7 @@
 //! queue take turns: reading it hands every message back, so two readers at
 //! once would see each other's messages as missing.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use lapin::Connection;
 use shared::{amqp::Names, config::AmqpConfig};
@@ -29,10 +29,23 @@ pub struct Session {
     pub names: Names,
 }
 
+/// How long closing a session may wait for the broker's answer. The
+/// operation is over by then: a broker that does not answer must not hold
+/// the request, and dropping the connection closes its socket anyway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Session {
-    /// Closes the connection.
+    /// Closes the connection, waiting at most [`CLOSE_TIMEOUT`] for the
+    /// broker to confirm.
     pub async fn close(self) {
-        let _ = self.connection.close(200, "done".into()).await;
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.connection.close(200, "done".into()))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "RabbitMQ did not confirm closing the connection in time; it is dropped"
+            );
+        }
     }
 }
 
