@@ -40,28 +40,25 @@ async fn eight_services_migrating_one_empty_database_at_once_apply_each_migratio
     assert_eq!(tables, 6);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_session_of_a_service_has_the_statement_timeout() {
+/// `setting` as a session of a service's pool sees it.
+async fn service_setting(setting: &str) -> String {
     let db = TestDb::new().await;
     let pool = shared::db::pool(&Secret::new(db.url(None)), 2).expect("pool");
-
-    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+    sqlx::query_scalar(&format!("SHOW {setting}"))
         .fetch_one(&pool)
         .await
-        .expect("show");
+        .expect("show")
+}
 
-    assert_eq!(timeout, "30s");
+#[tokio::test(flavor = "multi_thread")]
+async fn every_session_of_a_service_has_the_statement_timeout() {
+    assert_eq!(service_setting("statement_timeout").await, "30s");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_session_of_a_service_plans_each_statement_for_its_parameters() {
-    let db = TestDb::new().await;
-    let pool = shared::db::pool(&Secret::new(db.url(None)), 2).expect("pool");
-
-    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
-        .fetch_one(&pool)
-        .await
-        .expect("show");
-
-    assert_eq!(mode, "force_custom_plan");
+    assert_eq!(
+        service_setting("plan_cache_mode").await,
+        "force_custom_plan"
+    );
 }

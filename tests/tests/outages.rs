@@ -191,6 +191,15 @@ async fn backend(kept: &mut shared::db::kept::KeptConnection) -> Result<i32, sql
     .await
 }
 
+/// Runs `sql` on the kept connection.
+async fn execute(
+    kept: &mut shared::db::kept::KeptConnection,
+    sql: &str,
+) -> Result<(), sqlx::Error> {
+    kept.run(async |connection| sqlx::query(sql).execute(connection).await.map(drop))
+        .await
+}
+
 /// Whether the server still runs backend `pid`.
 async fn backend_alive(db: &TestDb, pid: i32) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
@@ -202,7 +211,8 @@ async fn backend_alive(db: &TestDb, pid: i32) -> bool {
 
 /// A connection kept between uses serves them all while it works; a use that
 /// fails, that finds it dropped, or that overruns its deadline gives it up,
-/// and the next use gets a fresh one (repeatable work, at once).
+/// and the next use gets a fresh one; a connection lost while kept is told
+/// apart, for work that may go again at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kept_connection_is_reused_until_a_use_fails_or_overruns_and_then_replaced() {
     let db = TestDb::new().await;
@@ -217,14 +227,7 @@ async fn a_kept_connection_is_reused_until_a_use_fails_or_overruns_and_then_repl
     );
 
     // A use that fails gives the connection up: its state is unknown.
-    let failed: Result<(), sqlx::Error> = kept
-        .run(async |connection| {
-            sqlx::query("SELECT no_such_column FROM pg_class")
-                .execute(connection)
-                .await
-                .map(drop)
-        })
-        .await;
+    let failed = execute(&mut kept, "SELECT no_such_column FROM pg_class").await;
     assert!(!kept.lost_while_kept(&failed.unwrap_err()));
     let second = backend(&mut kept).await.unwrap();
     assert_ne!(second, first);
@@ -246,14 +249,7 @@ async fn a_kept_connection_is_reused_until_a_use_fails_or_overruns_and_then_repl
 
     // A use that overruns its deadline is abandoned with its connection (the
     // server notices once the statement ends).
-    let overran: Result<(), sqlx::Error> = kept
-        .run(async |connection| {
-            sqlx::query("SELECT pg_sleep(3)")
-                .execute(connection)
-                .await
-                .map(drop)
-        })
-        .await;
+    let overran = execute(&mut kept, "SELECT pg_sleep(3)").await;
     match overran {
         Err(sqlx::Error::Io(error)) => assert_eq!(error.kind(), std::io::ErrorKind::TimedOut),
         other => panic!("expected a timeout, got {other:?}"),

@@ -130,25 +130,31 @@ pub async fn upsert_users_together(
     if upserts.is_empty() {
         return Ok(answers);
     }
-    let users: Vec<&user::User> = upserts.iter().map(|(_, user)| user).collect();
+    let users: Vec<&user::User> = upserts.iter().map(|upsert| &upsert.user).collect();
     let changed = users::upsert_many(tx, &users).await?;
-    for (index, user) in &upserts {
-        if let Some(event) = &events[*index] {
-            answers[*index] = Some(users::outcome(
-                event.webhook_id,
-                user,
-                changed.contains(&user.id),
-            ));
-        }
+    for upsert in &upserts {
+        answers[upsert.index] = Some(users::outcome(
+            upsert.webhook_id,
+            &upsert.user,
+            changed.contains(&upsert.user.id),
+        ));
     }
     Ok(answers)
 }
 
-/// The upserts [`upsert_users_together`] joins, with their positions: none
-/// when fewer than two qualify.
-fn joint_upserts(events: &[Option<Event<'_>>]) -> Vec<(usize, user::User)> {
+/// One upsert [`upsert_users_together`] joins.
+struct JointUpsert<'a> {
+    /// The event's position in the batch.
+    index: usize,
+    webhook_id: &'a str,
+    user: user::User,
+}
+
+/// The upserts [`upsert_users_together`] joins: none when fewer than two
+/// qualify.
+fn joint_upserts<'a>(events: &[Option<Event<'a>>]) -> Vec<JointUpsert<'a>> {
     let mut subjects: HashMap<String, usize> = HashMap::with_capacity(events.len());
-    let mut upserts: Vec<(usize, user::User)> = Vec::with_capacity(events.len());
+    let mut upserts: Vec<JointUpsert<'a>> = Vec::with_capacity(events.len());
     for (index, event) in events.iter().enumerate() {
         let Some(event) = event else { continue };
         let subject = event
@@ -164,11 +170,15 @@ fn joint_upserts(events: &[Option<Event<'_>>]) -> Vec<(usize, user::User)> {
         }
         if upsert {
             if let Ok(user) = data::<user::User>(event) {
-                upserts.push((index, user));
+                upserts.push(JointUpsert {
+                    index,
+                    webhook_id: event.webhook_id,
+                    user,
+                });
             }
         }
     }
-    upserts.retain(|(_, user)| subjects.get(&user.id) == Some(&1));
+    upserts.retain(|upsert| subjects.get(&upsert.user.id) == Some(&1));
     if upserts.len() < 2 {
         upserts.clear();
     }
@@ -219,7 +229,7 @@ mod tests {
             .collect();
         joint_upserts(&events)
             .into_iter()
-            .map(|(index, _)| index)
+            .map(|upsert| upsert.index)
             .collect()
     }
 
