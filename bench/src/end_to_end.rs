@@ -54,6 +54,7 @@ pub(crate) async fn e2e(args: E2eArgs) -> anyhow::Result<bool> {
     };
     let tally = run_connections(&deliveries, args.target.connections, schedule).await?;
     let send_s = start.elapsed().as_secs_f64();
+    let cpu_while_sending = CpuSnapshot::take(&args.watch, true).usage_since(&cpu_start);
 
     // Every accepted event must be processed before the deadline.
     let pattern = deliveries.id_pattern();
@@ -137,6 +138,29 @@ pub(crate) async fn e2e(args: E2eArgs) -> anyhow::Result<bool> {
     .fetch_one(&mut db)
     .await
     .context("cannot read the publishing times")?;
+    // The two phases of the step: while the events are being sent, the
+    // workers share the machine with the load generator, the ingress and its
+    // relay; after the last receipt they have it to themselves.
+    let (while_sending, sending_span_s, after_span_s): (Option<i64>, Option<f64>, Option<f64>) =
+        sqlx::query_as(
+            "WITH sent AS (SELECT min(received_at) AS first, max(received_at) AS last \
+                           FROM webhook_events WHERE webhook_id LIKE $1) \
+             SELECT count(*) FILTER (WHERE e.processed_at <= sent.last), \
+                    EXTRACT(EPOCH FROM sent.last - sent.first)::float8, \
+                    EXTRACT(EPOCH FROM max(e.processed_at) - sent.last)::float8 \
+             FROM webhook_events e CROSS JOIN sent \
+             WHERE e.webhook_id LIKE $1 AND e.processed_at IS NOT NULL \
+             GROUP BY sent.first, sent.last",
+        )
+        .bind(&pattern)
+        .fetch_optional(&mut db)
+        .await
+        .context("cannot read the processing times while sending")?
+        .unwrap_or_default();
+    let per_s = |count: Option<i64>, span: Option<f64>| {
+        Some(round(count? as f64 / span.filter(|s| *s > 0.0)?, 1))
+    };
+    let after_sending = while_sending.map(|w| processed - w);
     let rate = |span: Option<f64>| {
         span.filter(|s| *s > 0.0)
             .map(|s| round(processed as f64 / s, 1))
@@ -164,9 +188,13 @@ pub(crate) async fn e2e(args: E2eArgs) -> anyhow::Result<bool> {
         "published_per_s": rate(publish_span_s),
         "to_published_p99_ms": ms(to_publish_p99_s),
         "published_to_processed_p99_ms": ms(to_process_p99_s),
+        "processed_while_sending": while_sending,
+        "while_sending_per_s": per_s(while_sending, sending_span_s),
+        "after_sending_per_s": per_s(after_sending, after_span_s),
         "wall_s": round(wall_s, 2),
         "failure": failed_reason,
         "cpu": cpu,
+        "cpu_while_sending": cpu_while_sending,
         "pg": pg,
     });
     emit(

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[derive(Args, Debug)]
 pub(crate) struct ReportArgs {
@@ -235,7 +235,7 @@ pub(crate) fn report(file: &Path) -> anyhow::Result<bool> {
             .and_then(Value::as_u64)
             .unwrap_or(0);
         push(format!(
-            "End to end: {} distinct events sent at {} connections while the workers run; events/s = processed / (max(processed_at) − min(received_at)), published events/s likewise with published_at; latencies from the rows' timestamps (percentile_cont).",
+            "End to end: {} distinct events sent at {} connections while the workers run; events/s = processed / (max(processed_at) − min(received_at)), published events/s likewise with published_at; latencies from the rows' timestamps (percentile_cont). While sending: the events processed up to the last receipt (max(received_at)), over the time from the first receipt to it; after: the others, over the time from the last receipt to the last processing.",
             cell(num(first, "count"), 0),
             sent_at,
         ));
@@ -310,6 +310,24 @@ pub(crate) fn report(file: &Path) -> anyhow::Result<bool> {
             0,
             String::new(),
         ));
+        push(row(
+            "processed before the last receipt",
+            "processed_while_sending",
+            0,
+            String::new(),
+        ));
+        push(row(
+            "processed events/s while sending",
+            "while_sending_per_s",
+            0,
+            String::new(),
+        ));
+        push(row(
+            "processed events/s after the last receipt",
+            "after_sending_per_s",
+            0,
+            String::new(),
+        ));
         push(row("send errors", "errors", 0, "0".to_owned()));
         push(row("events processed", "processed", 0, String::new()));
         let per_event: Vec<String> = e2e
@@ -377,14 +395,24 @@ pub(crate) fn report(file: &Path) -> anyhow::Result<bool> {
             l,
         ));
     }
+    // The sending part of an end-to-end window, as a phase of its own.
+    let while_sending: Vec<(u64, Value)> = of("e2e")
+        .into_iter()
+        .filter_map(|l| {
+            let workers = l.get("workers").and_then(Value::as_u64).unwrap_or(0);
+            let cpu = l.get("cpu_while_sending")?.clone();
+            Some((workers, json!({ "cpu": cpu })))
+        })
+        .collect();
     for l in of("e2e") {
-        phases.push((
-            format!(
-                "end to end, {} worker(s)",
-                l.get("workers").and_then(Value::as_u64).unwrap_or(0)
-            ),
-            l,
-        ));
+        let workers = l.get("workers").and_then(Value::as_u64).unwrap_or(0);
+        phases.push((format!("end to end, {workers} worker(s)"), l));
+        if let Some((_, sending)) = while_sending.iter().find(|(w, _)| *w == workers) {
+            phases.push((
+                format!("… of which while sending, {workers} worker(s)"),
+                sending,
+            ));
+        }
     }
     if !phases.is_empty() {
         push(
