@@ -161,10 +161,7 @@ pub(crate) async fn e2e(args: E2eArgs) -> anyhow::Result<bool> {
         Some(round(count? as f64 / span.filter(|s| *s > 0.0)?, 1))
     };
     let after_sending = while_sending.map(|w| processed - w);
-    let rate = |span: Option<f64>| {
-        span.filter(|s| *s > 0.0)
-            .map(|s| round(processed as f64 / s, 1))
-    };
+    let rate = |span: Option<f64>| per_s(Some(processed), span);
     let events_per_s = rate(span_s);
     let ms = |v: Option<f64>| v.map(|s| round(s * 1000.0, 1));
     let line = json!({

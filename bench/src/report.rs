@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 #[derive(Args, Debug)]
 pub(crate) struct ReportArgs {
@@ -375,15 +375,15 @@ pub(crate) fn report(file: &Path) -> anyhow::Result<bool> {
         push(String::new());
     }
 
-    // CPU.
-    let mut phases: Vec<(String, &Value)> = Vec::new();
+    // CPU: each phase's `cpu` object.
+    let mut phases: Vec<(String, Option<&Value>)> = Vec::new();
     for l in of("baseline") {
         phases.push((
             format!(
                 "baseline c={}",
                 l.get("connections").and_then(Value::as_u64).unwrap_or(0)
             ),
-            l,
+            l.get("cpu"),
         ));
     }
     for l in of("load") {
@@ -392,25 +392,17 @@ pub(crate) fn report(file: &Path) -> anyhow::Result<bool> {
                 "ingress c={}",
                 l.get("connections").and_then(Value::as_u64).unwrap_or(0)
             ),
-            l,
+            l.get("cpu"),
         ));
     }
-    // The sending part of an end-to-end window, as a phase of its own.
-    let while_sending: Vec<(u64, Value)> = of("e2e")
-        .into_iter()
-        .filter_map(|l| {
-            let workers = l.get("workers").and_then(Value::as_u64).unwrap_or(0);
-            let cpu = l.get("cpu_while_sending")?.clone();
-            Some((workers, json!({ "cpu": cpu })))
-        })
-        .collect();
     for l in of("e2e") {
         let workers = l.get("workers").and_then(Value::as_u64).unwrap_or(0);
-        phases.push((format!("end to end, {workers} worker(s)"), l));
-        if let Some((_, sending)) = while_sending.iter().find(|(w, _)| *w == workers) {
+        phases.push((format!("end to end, {workers} worker(s)"), l.get("cpu")));
+        // The sending part of the window, as a phase of its own.
+        if let Some(cpu) = l.get("cpu_while_sending") {
             phases.push((
                 format!("… of which while sending, {workers} worker(s)"),
-                sending,
+                Some(cpu),
             ));
         }
     }
@@ -428,8 +420,8 @@ pub(crate) fn report(file: &Path) -> anyhow::Result<bool> {
                 .to_owned(),
         );
         push("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|".to_owned());
-        for (title, l) in phases {
-            let Some(cpu) = l.get("cpu").and_then(Value::as_object) else {
+        for (title, cpu) in phases {
+            let Some(cpu) = cpu.and_then(Value::as_object) else {
                 continue;
             };
             let get = |k: &str| cpu.get(k).and_then(Value::as_f64);
